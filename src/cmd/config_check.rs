@@ -1,0 +1,27 @@
+//! `ward config check`: load a file exactly as its process would.
+
+use std::process::ExitCode;
+
+use crate::cli::{ConfigCheckArgs, ConfigCommand, ConfigKind};
+use crate::config::{self, ProcessEnv};
+use crate::exit;
+
+use super::up::UpConfig;
+
+/// Runs `ward config …`.
+pub(crate) fn run(cmd: ConfigCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        ConfigCommand::Check(args) => check(&args),
+    }
+}
+
+fn check(args: &ConfigCheckArgs) -> anyhow::Result<ExitCode> {
+    match args.kind {
+        ConfigKind::Up => {
+            let cfg = config::load::<UpConfig>(&args.file, &ProcessEnv).map_err(exit::bad_input)?;
+            tracing::info!(?cfg, "resolved configuration");
+        }
+    }
+    println!("{}: ok", args.file.display());
+    Ok(exit::OK)
+}

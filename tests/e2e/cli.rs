@@ -1,0 +1,155 @@
+//! The CLI surface: help on every level, version, exit codes and one-line errors.
+
+use predicates::prelude::*;
+
+use crate::support::{ward, write_file};
+
+/// Every subcommand group the CLI promises.
+const GROUPS: &[&str] = &[
+    "up",
+    "config",
+    "ca",
+    "agent",
+    "policy",
+    "authz",
+    "proxy",
+    "gateway",
+    "audit",
+    "breakglass",
+    "control",
+];
+
+#[test]
+fn version_prints_the_crate_version() {
+    ward()
+        .arg("--version")
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(env!("CARGO_PKG_VERSION")));
+}
+
+#[test]
+fn help_lists_every_group() {
+    let out = ward()
+        .arg("--help")
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let text = String::from_utf8(out).unwrap();
+    for group in GROUPS {
+        assert!(
+            text.contains(&format!("  {group} ")),
+            "`{group}` missing from --help:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn every_group_has_its_own_help() {
+    for group in GROUPS {
+        ward()
+            .args([group, "--help"])
+            .assert()
+            .success()
+            .stdout(predicate::str::contains(format!("Usage: ward {group}")));
+    }
+}
+
+#[test]
+fn unknown_subcommand_is_bad_usage() {
+    ward().arg("frobnicate").assert().code(2);
+}
+
+#[test]
+fn malformed_config_names_file_line_column_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_file(
+        &dir,
+        "up.yaml",
+        "trust_domain: ward.local\ndata_dirr: ./x\n",
+    );
+    let assert = ward().args(["config", "check"]).arg(&path).assert().code(2);
+    let stderr = String::from_utf8(assert.get_output().stderr.clone()).unwrap();
+    let expected = format!("error: {}:2:1: unknown field `data_dirr`", path.display());
+    assert!(stderr.starts_with(&expected), "{stderr}");
+    assert_eq!(
+        stderr.trim_end().lines().count(),
+        1,
+        "one line, no backtrace: {stderr}"
+    );
+}
+
+#[test]
+fn wrong_type_in_config_exits_2_from_the_process_that_reads_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_file(&dir, "up.yaml", "data_dir: [1, 2]\n");
+    ward()
+        .args(["up", "--config"])
+        .arg(&path)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(format!(
+            "{}:1:11: data_dir: invalid type",
+            path.display()
+        )));
+}
+
+#[test]
+fn missing_config_file_exits_2() {
+    ward()
+        .args(["config", "check", "/nonexistent/ward.yaml"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(
+            "reading config `/nonexistent/ward.yaml`",
+        ));
+}
+
+#[test]
+fn good_config_checks_ok() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_file(
+        &dir,
+        "up.yaml",
+        "data_dir: ./d\ntrust_domain: example.org\n",
+    );
+    ward()
+        .args(["config", "check"])
+        .arg(&path)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(": ok"));
+}
+
+#[test]
+fn bad_log_filter_is_bad_usage() {
+    ward()
+        .args(["--log-level", "ward=notalevel", "config", "check", "x"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("--log-level"));
+}
+
+#[test]
+fn json_logs_are_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_file(&dir, "up.yaml", "data_dir: ./d\n");
+    let assert = ward()
+        .args(["--log-format", "json", "config", "check"])
+        .arg(&path)
+        .assert()
+        .success();
+    let stderr = String::from_utf8(assert.get_output().stderr.clone()).unwrap();
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["message"] == "resolved configuration"),
+        "{stderr}"
+    );
+}
