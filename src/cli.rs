@@ -25,9 +25,10 @@ pub(crate) enum Command {
     #[command(subcommand)]
     Config(ConfigCommand),
     /// Manage the certificate authority: init, issue SVIDs, print and rotate the trust bundle.
-    Ca(Pending),
+    #[command(subcommand)]
+    Ca(crate::cmd::ca::CaCommand),
     /// Serve the SPIFFE Workload API to local workloads over a Unix socket.
-    Agent(Pending),
+    Agent(crate::cmd::agent::AgentArgs),
     /// Author Cedar policies: validate, test, format, explain and diff policy sets.
     Policy(Pending),
     /// Serve authorization decisions: Envoy ext_authz gRPC and the JSON check API.

@@ -4,6 +4,8 @@ use std::process::ExitCode;
 
 use crate::cli::Command;
 
+pub(crate) mod agent;
+pub(crate) mod ca;
 mod config_check;
 mod up;
 
@@ -12,8 +14,8 @@ pub(crate) async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Up(args) => up::run(args).await,
         Command::Config(cmd) => config_check::run(cmd),
-        Command::Ca(_) => pending("ca"),
-        Command::Agent(_) => pending("agent"),
+        Command::Ca(cmd) => ca::run(cmd),
+        Command::Agent(args) => agent::run(args).await,
         Command::Policy(_) => pending("policy"),
         Command::Authz(_) => pending("authz"),
         Command::Proxy(_) => pending("proxy"),

@@ -9,6 +9,7 @@ mod cmd;
 mod config;
 mod exit;
 mod logging;
+mod output;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();

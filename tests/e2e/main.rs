@@ -7,5 +7,7 @@
     reason = "test helpers fail the test loudly"
 )]
 
+mod agent;
+mod ca;
 mod cli;
 mod support;
