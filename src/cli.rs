@@ -30,7 +30,8 @@ pub(crate) enum Command {
     /// Serve the SPIFFE Workload API to local workloads over a Unix socket.
     Agent(crate::cmd::agent::AgentArgs),
     /// Author Cedar policies: validate, test, format, explain and diff policy sets.
-    Policy(Pending),
+    #[command(subcommand)]
+    Policy(crate::cmd::policy::PolicyCommand),
     /// Serve authorization decisions: Envoy ext_authz gRPC and the JSON check API.
     Authz(Pending),
     /// Run one workload's mTLS proxy (inbound and outbound).

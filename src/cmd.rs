@@ -7,6 +7,7 @@ use crate::cli::Command;
 pub(crate) mod agent;
 pub(crate) mod ca;
 mod config_check;
+pub(crate) mod policy;
 mod up;
 
 /// Dispatches `command` to its implementation.
@@ -16,7 +17,7 @@ pub(crate) async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Config(cmd) => config_check::run(cmd),
         Command::Ca(cmd) => ca::run(cmd),
         Command::Agent(args) => agent::run(args).await,
-        Command::Policy(_) => pending("policy"),
+        Command::Policy(cmd) => policy::run(cmd),
         Command::Authz(_) => pending("authz"),
         Command::Proxy(_) => pending("proxy"),
         Command::Gateway(_) => pending("gateway"),

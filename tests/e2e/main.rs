@@ -10,4 +10,5 @@
 mod agent;
 mod ca;
 mod cli;
+mod policy;
 mod support;
