@@ -1,0 +1,72 @@
+//! Counters that say where every record went; nothing is dropped without being counted.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The writer's counters.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Records committed to the store.
+    pub written: AtomicU64,
+    /// Records written to the on-disk spool because the store failed.
+    pub spooled: AtomicU64,
+    /// Spooled records later committed to the store.
+    pub replayed: AtomicU64,
+    /// Records that found the queue full and went to the overflow file.
+    pub overflowed: AtomicU64,
+    /// Records lost because even the spool disk failed.
+    pub dropped: AtomicU64,
+    /// Signed checkpoints stored.
+    pub checkpoints: AtomicU64,
+}
+
+impl Metrics {
+    /// Adds `n` to `counter`.
+    pub fn add(counter: &AtomicU64, n: usize) {
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Appends the counters in Prometheus text format.
+    pub fn render(&self, out: &mut String) {
+        for (name, help, value) in [
+            (
+                "written",
+                "Audit records committed to the store.",
+                &self.written,
+            ),
+            (
+                "spooled",
+                "Audit records spooled to disk while the store was failing.",
+                &self.spooled,
+            ),
+            (
+                "replayed",
+                "Spooled audit records later committed to the store.",
+                &self.replayed,
+            ),
+            (
+                "overflowed",
+                "Audit records that found the queue full and went to the overflow file.",
+                &self.overflowed,
+            ),
+            (
+                "dropped",
+                "Audit records lost because the spool disk failed.",
+                &self.dropped,
+            ),
+            (
+                "checkpoints",
+                "Signed audit checkpoints stored.",
+                &self.checkpoints,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP ward_audit_records_{name}_total {help}");
+            let _ = writeln!(out, "# TYPE ward_audit_records_{name}_total counter");
+            let _ = writeln!(
+                out,
+                "ward_audit_records_{name}_total {}",
+                value.load(Ordering::Relaxed)
+            );
+        }
+    }
+}

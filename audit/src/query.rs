@@ -1,0 +1,225 @@
+//! Review tools over a SQL store: filtered queries, export, stats and retention.
+
+use sqlx::{AssertSqlSafe, Row};
+
+use crate::Error;
+use crate::chain::{ChainedRecord, Checkpoint, CheckpointKind};
+use crate::key::AuditKey;
+use crate::store::Db;
+
+/// Which records to return. Every field narrows the result; all use indexes or the primary key.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// Exact principal.
+    pub principal: Option<String>,
+    /// Exact end user.
+    pub end_user: Option<String>,
+    /// Exact action.
+    pub action: Option<String>,
+    /// Exact resource.
+    pub resource: Option<String>,
+    /// `allow` or `deny`.
+    pub decision: Option<String>,
+    /// Only break-glass bypasses (true) or only others (false).
+    pub bypass: Option<bool>,
+    /// A determining policy id.
+    pub policy: Option<String>,
+    /// Exact request id.
+    pub request_id: Option<String>,
+    /// From this time (unix ms, inclusive).
+    pub since_ms: Option<i64>,
+    /// Until this time (unix ms, exclusive).
+    pub until_ms: Option<i64>,
+    /// At most this many records.
+    pub limit: Option<i64>,
+    /// Skip this many.
+    pub offset: Option<i64>,
+}
+
+/// Counts for `ward audit stats`.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Stats {
+    /// Records by decision.
+    pub by_decision: Vec<(String, i64)>,
+    /// Principals with the most denies.
+    pub top_denied_principals: Vec<(String, i64)>,
+    /// Actions with the most denies.
+    pub top_denied_actions: Vec<(String, i64)>,
+    /// Break-glass grants that let requests through, with counts.
+    pub bypasses_by_grant: Vec<(String, i64)>,
+}
+
+impl Filter {
+    /// The WHERE clause and its bind values, numbered from `$1`.
+    fn clause(&self) -> (String, Vec<Bind>) {
+        let mut parts = Vec::new();
+        let mut binds = Vec::new();
+        let mut eq = |column: &str, value: &Option<String>| {
+            if let Some(v) = value {
+                binds.push(Bind::Text(v.clone()));
+                parts.push(format!("{column} = ${}", binds.len()));
+            }
+        };
+        eq("principal", &self.principal);
+        eq("end_user", &self.end_user);
+        eq("action", &self.action);
+        eq("resource", &self.resource);
+        eq("decision", &self.decision);
+        eq("request_id", &self.request_id);
+        if let Some(policy) = &self.policy {
+            binds.push(Bind::Text(format!("%,{policy},%")));
+            parts.push(format!("policies LIKE ${}", binds.len()));
+        }
+        if let Some(b) = self.bypass {
+            binds.push(Bind::Int(i64::from(b)));
+            parts.push(format!("bypass = ${}", binds.len()));
+        }
+        if let Some(t) = self.since_ms {
+            binds.push(Bind::Int(t));
+            parts.push(format!("time_ms >= ${}", binds.len()));
+        }
+        if let Some(t) = self.until_ms {
+            binds.push(Bind::Int(t));
+            parts.push(format!("time_ms < ${}", binds.len()));
+        }
+        let clause = if parts.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", parts.join(" AND "))
+        };
+        (clause, binds)
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Bind {
+    Text(String),
+    Int(i64),
+}
+
+fn bind_all<'q>(
+    mut q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
+    binds: Vec<Bind>,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+    for b in binds {
+        q = match b {
+            Bind::Text(t) => q.bind(t),
+            Bind::Int(i) => q.bind(i),
+        };
+    }
+    q
+}
+
+/// Records matching `filter`, oldest first.
+pub async fn query(db: &Db, filter: &Filter) -> Result<Vec<ChainedRecord>, Error> {
+    let (clause, mut binds) = filter.clause();
+    let mut sql = format!(
+        "SELECT chain, seq, prev_hash, hash, body FROM audit_records{clause} ORDER BY time_ms, chain, seq"
+    );
+    binds.push(Bind::Int(filter.limit.unwrap_or(i64::MAX)));
+    sql.push_str(&format!(" LIMIT ${}", binds.len()));
+    binds.push(Bind::Int(filter.offset.unwrap_or(0)));
+    sql.push_str(&format!(" OFFSET ${}", binds.len()));
+    let rows = bind_all(sqlx::query(AssertSqlSafe(sql)), binds)
+        .fetch_all(db.pool())
+        .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(ChainedRecord {
+                chain: row.try_get(0)?,
+                seq: row.try_get(1)?,
+                prev_hash: row.try_get(2)?,
+                hash: row.try_get(3)?,
+                body: row.try_get(4)?,
+            })
+        })
+        .collect()
+}
+
+/// Counts by decision, top denied principals and actions, and bypasses by grant.
+pub async fn stats(db: &Db, filter: &Filter, top: i64) -> Result<Stats, Error> {
+    let (clause, binds) = filter.clause();
+    let and = if clause.is_empty() { " WHERE" } else { " AND" };
+    let group = |select: &str, extra: &str, limited: bool| {
+        let mut sql = format!(
+            "SELECT {select}, COUNT(*) FROM audit_records{clause}{extra} GROUP BY 1 ORDER BY 2 DESC, 1"
+        );
+        if limited {
+            sql.push_str(&format!(" LIMIT {top}"));
+        }
+        sql
+    };
+    let run = |sql: String| {
+        let binds = binds.clone();
+        async move {
+            let rows = bind_all(sqlx::query(AssertSqlSafe(sql)), binds)
+                .fetch_all(db.pool())
+                .await?;
+            rows.iter()
+                .map(|r| Ok((r.try_get::<String, _>(0)?, r.try_get::<i64, _>(1)?)))
+                .collect::<Result<Vec<_>, Error>>()
+        }
+    };
+    Ok(Stats {
+        by_decision: run(group("decision", "", false)).await?,
+        top_denied_principals: run(group(
+            "principal",
+            &format!("{and} decision = 'deny'"),
+            true,
+        ))
+        .await?,
+        top_denied_actions: run(group("action", &format!("{and} decision = 'deny'"), true)).await?,
+        bypasses_by_grant: run(group(
+            "COALESCE(grant_id, '')",
+            &format!("{and} bypass = 1"),
+            false,
+        ))
+        .await?,
+    })
+}
+
+/// Deletes records older than `before_ms` from every chain, first storing a signed prune
+/// checkpoint at each cut so the rest of the chain still verifies. Returns records deleted.
+pub async fn prune(db: &Db, before_ms: i64, key: &AuditKey) -> Result<u64, Error> {
+    let mut deleted = 0;
+    for chain in db.chains().await? {
+        let cut = sqlx::query(
+            "SELECT seq, hash FROM audit_records WHERE chain = $1 AND time_ms < $2 ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(chain.clone())
+        .bind(before_ms)
+        .fetch_optional(db.pool())
+        .await?;
+        let Some(cut) = cut else { continue };
+        let (seq, hash): (i64, String) = (cut.try_get(0)?, cut.try_get(1)?);
+        let cp = Checkpoint::sign(key, &chain, seq, &hash, CheckpointKind::Prune);
+        let mut tx = db.pool().begin().await?;
+        sqlx::query(
+            "INSERT INTO audit_checkpoints (chain, seq, hash, time_ms, kind, key_id, signature) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (chain, seq, kind) DO NOTHING",
+        )
+        .bind(cp.chain.clone())
+        .bind(cp.seq)
+        .bind(cp.hash.clone())
+        .bind(cp.time_ms)
+        .bind("prune")
+        .bind(cp.key_id.clone())
+        .bind(cp.signature.clone())
+        .execute(&mut *tx)
+        .await?;
+        let done = sqlx::query("DELETE FROM audit_records WHERE chain = $1 AND seq <= $2")
+            .bind(chain.clone())
+            .bind(seq)
+            .execute(&mut *tx)
+            .await?;
+        // Checkpoints inside the pruned range vouch for nothing that is left.
+        sqlx::query("DELETE FROM audit_checkpoints WHERE chain = $1 AND seq < $2")
+            .bind(chain.clone())
+            .bind(seq)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        deleted += done.rows_affected();
+    }
+    Ok(deleted)
+}

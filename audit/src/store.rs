@@ -1,0 +1,445 @@
+//! Where records land: SQLite (default), PostgreSQL, or an append-only JSONL file.
+//!
+//! Both databases go through sqlx's `Any` driver with SQL that both dialects accept, so there
+//! is one code path and one set of queries; each store kind has its own migrations.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::{AnyPool, AssertSqlSafe, Row, SqlSafeStr};
+use tokio::io::AsyncWriteExt;
+
+use crate::Error;
+use crate::chain::{ChainedRecord, Checkpoint, CheckpointKind};
+use crate::record::AuditRecord;
+
+// Rows per INSERT statement: few enough to stay far below both databases' parameter limits
+// (17 columns × 100 = 1,700), many enough to amortize a round trip.
+const ROWS_PER_INSERT: usize = 100;
+const COLUMNS: &str = "chain, seq, id, time_ms, request_id, principal, end_user, action, resource, \
+                       decision, bypass, grant_id, mode, policies, body, prev_hash, hash";
+
+/// A place records are written to.
+#[derive(Debug, Clone)]
+pub enum Store {
+    /// SQLite or PostgreSQL, queryable and verifiable.
+    Db(Db),
+    /// An append-only JSONL file (write-only; `ward audit verify --jsonl` reads it back).
+    Jsonl(PathBuf),
+    /// Standard output, one JSON line per record.
+    Stdout,
+}
+
+/// A SQL store (SQLite or PostgreSQL).
+#[derive(Debug, Clone)]
+pub struct Db {
+    pool: AnyPool,
+    kind: DbKind,
+}
+
+/// Which database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DbKind {
+    /// SQLite (WAL mode).
+    Sqlite,
+    /// PostgreSQL.
+    Postgres,
+}
+
+/// A record as stored, with the indexed columns to compare against its body.
+#[derive(Debug, Clone)]
+pub struct StoredRow {
+    /// The chained record.
+    pub record: ChainedRecord,
+    /// Columns that copy fields of the body: (name, value).
+    pub columns: Vec<(&'static str, String)>,
+}
+
+// === impl Store ===
+
+impl Store {
+    /// Opens `url`: `sqlite://PATH` (created if missing), `postgres://…`, `jsonl://PATH` or
+    /// `stdout`. Databases are migrated.
+    pub async fn open(url: &str) -> Result<Self, Error> {
+        if url == "stdout" {
+            return Ok(Self::Stdout);
+        }
+        if let Some(path) = url.strip_prefix("jsonl://") {
+            return Ok(Self::Jsonl(PathBuf::from(path)));
+        }
+        Ok(Self::Db(Db::open(url).await?))
+    }
+
+    /// Writes a batch in one transaction; records already present are skipped, so a batch
+    /// replayed after an ambiguous failure is written exactly once.
+    pub async fn insert(&self, records: &[ChainedRecord]) -> Result<(), Error> {
+        match self {
+            Self::Db(db) => db.insert(records).await,
+            Self::Jsonl(path) => append_jsonl(path, records).await,
+            Self::Stdout => {
+                let mut out = String::new();
+                for r in records {
+                    out.push_str(
+                        &r.export_json()
+                            .map_err(|e| Error::Corrupt(e.to_string()))?
+                            .to_string(),
+                    );
+                    out.push('\n');
+                }
+                let mut stdout = tokio::io::stdout();
+                stdout
+                    .write_all(out.as_bytes())
+                    .await
+                    .map_err(|source| Error::Io {
+                        path: PathBuf::from("<stdout>"),
+                        source,
+                    })?;
+                stdout.flush().await.map_err(|source| Error::Io {
+                    path: PathBuf::from("<stdout>"),
+                    source,
+                })
+            }
+        }
+    }
+
+    /// Stores a checkpoint (JSONL and stdout stores keep none).
+    pub async fn insert_checkpoint(&self, cp: &Checkpoint) -> Result<(), Error> {
+        match self {
+            Self::Db(db) => db.insert_checkpoint(cp).await,
+            Self::Jsonl(_) | Self::Stdout => Ok(()),
+        }
+    }
+
+    /// The last sequence number and hash of `chain`, to continue it after a restart.
+    pub async fn head(&self, chain: &str) -> Result<Option<(i64, String)>, Error> {
+        match self {
+            Self::Db(db) => db.head(chain).await,
+            Self::Jsonl(path) => jsonl_head(path, chain).await,
+            Self::Stdout => Ok(None),
+        }
+    }
+
+    /// The database, for queries.
+    pub fn db(&self) -> Option<&Db> {
+        match self {
+            Self::Db(db) => Some(db),
+            _ => None,
+        }
+    }
+}
+
+// === impl Db ===
+
+impl Db {
+    /// Connects to `url` (`sqlite://…` or `postgres://…`) and runs migrations.
+    pub async fn open(url: &str) -> Result<Self, Error> {
+        sqlx::any::install_default_drivers();
+        let (kind, options) = if let Some(path) = url.strip_prefix("sqlite://") {
+            if let Some(dir) = Path::new(path)
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+            {
+                std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+                    path: dir.to_owned(),
+                    source,
+                })?;
+            }
+            let url = format!("sqlite://{path}?mode=rwc");
+            (DbKind::Sqlite, AnyConnectOptions::from_str(&url)?)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            (DbKind::Postgres, AnyConnectOptions::from_str(url)?)
+        } else {
+            return Err(Error::Invalid(format!(
+                "unsupported audit store `{}`: use sqlite://PATH, postgres://…, jsonl://PATH or stdout",
+                redact(url)
+            )));
+        };
+        let max = if kind == DbKind::Sqlite { 1 } else { 4 };
+        let pool = AnyPoolOptions::new()
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if kind == DbKind::Sqlite {
+                        // WAL lets `ward audit query` read while the writer writes; the busy
+                        // timeout rides out short locks instead of failing the batch.
+                        for pragma in [
+                            "PRAGMA journal_mode = WAL",
+                            "PRAGMA synchronous = NORMAL",
+                            "PRAGMA busy_timeout = 2000",
+                        ] {
+                            sqlx::Executor::execute(&mut *conn, pragma).await?;
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .max_connections(max)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options)
+            .await?;
+        migrator(kind).run(&pool).await?;
+        Ok(Self { pool, kind })
+    }
+
+    /// Which database this is.
+    pub fn kind(&self) -> DbKind {
+        self.kind
+    }
+
+    /// The pool, for queries in this crate.
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// The pool, for tests that tamper with the store.
+    #[cfg(test)]
+    pub(crate) fn pool_for_tests(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    async fn insert(&self, records: &[ChainedRecord]) -> Result<(), Error> {
+        let mut tx = self.pool.begin().await?;
+        for chunk in records.chunks(ROWS_PER_INSERT) {
+            let mut sql = format!("INSERT INTO audit_records ({COLUMNS}) VALUES ");
+            for i in 0..chunk.len() {
+                let base = i * 17;
+                let params: Vec<String> = (1..=17).map(|n| format!("${}", base + n)).collect();
+                if i > 0 {
+                    sql.push(',');
+                }
+                sql.push('(');
+                sql.push_str(&params.join(","));
+                sql.push(')');
+            }
+            sql.push_str(" ON CONFLICT (chain, seq) DO NOTHING");
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for r in chunk {
+                let rec: AuditRecord = r.record().map_err(|e| Error::Corrupt(e.to_string()))?;
+                query = query
+                    .bind(r.chain.clone())
+                    .bind(r.seq)
+                    .bind(rec.id)
+                    .bind(rec.time_ms)
+                    .bind(rec.request_id)
+                    .bind(rec.principal)
+                    .bind(rec.end_user)
+                    .bind(rec.action)
+                    .bind(rec.resource)
+                    .bind(rec.decision.as_str())
+                    .bind(i64::from(rec.bypass))
+                    .bind(rec.grant_id)
+                    .bind(rec.mode.as_str())
+                    .bind(policies_column(&rec.policies))
+                    .bind(r.body.clone())
+                    .bind(r.prev_hash.clone())
+                    .bind(r.hash.clone());
+            }
+            query.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn insert_checkpoint(&self, cp: &Checkpoint) -> Result<(), Error> {
+        sqlx::query(
+            "INSERT INTO audit_checkpoints (chain, seq, hash, time_ms, kind, key_id, signature) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (chain, seq, kind) DO NOTHING",
+        )
+        .bind(cp.chain.clone())
+        .bind(cp.seq)
+        .bind(cp.hash.clone())
+        .bind(cp.time_ms)
+        .bind(kind_str(cp.kind))
+        .bind(cp.key_id.clone())
+        .bind(cp.signature.clone())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The last record's seq and hash; after a prune that removed everything, the prune
+    /// checkpoint's.
+    pub async fn head(&self, chain: &str) -> Result<Option<(i64, String)>, Error> {
+        let row = sqlx::query(
+            "SELECT seq, hash FROM audit_records WHERE chain = $1 ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(chain.to_owned())
+        .fetch_optional(&self.pool)
+        .await?;
+        if let Some(row) = row {
+            return Ok(Some((row.try_get(0)?, row.try_get(1)?)));
+        }
+        let cp = sqlx::query(
+            "SELECT seq, hash FROM audit_checkpoints WHERE chain = $1 AND kind = 'prune' \
+             ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(chain.to_owned())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match cp {
+            Some(row) => Some((row.try_get(0)?, row.try_get(1)?)),
+            None => None,
+        })
+    }
+
+    /// Every chain in the store.
+    pub async fn chains(&self) -> Result<Vec<String>, Error> {
+        let rows = sqlx::query(
+            "SELECT chain FROM audit_records UNION SELECT chain FROM audit_checkpoints ORDER BY 1",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| r.try_get(0).map_err(Error::from))
+            .collect()
+    }
+
+    /// Up to `limit` records of `chain` with seq greater than `after`, in seq order.
+    pub async fn page(&self, chain: &str, after: i64, limit: i64) -> Result<Vec<StoredRow>, Error> {
+        let rows = sqlx::query(
+            "SELECT chain, seq, prev_hash, hash, body, time_ms, principal, decision, action, \
+             resource, bypass, request_id FROM audit_records \
+             WHERE chain = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        )
+        .bind(chain.to_owned())
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let bypass: i64 = row.try_get(10)?;
+                Ok(StoredRow {
+                    record: ChainedRecord {
+                        chain: row.try_get(0)?,
+                        seq: row.try_get(1)?,
+                        prev_hash: row.try_get(2)?,
+                        hash: row.try_get(3)?,
+                        body: row.try_get(4)?,
+                    },
+                    columns: vec![
+                        ("time", row.try_get::<i64, _>(5)?.to_string()),
+                        ("principal", row.try_get(6)?),
+                        ("decision", row.try_get(7)?),
+                        ("action", row.try_get(8)?),
+                        ("resource", row.try_get(9)?),
+                        ("bypass", (bypass != 0).to_string()),
+                        ("request_id", row.try_get(11)?),
+                    ],
+                })
+            })
+            .collect()
+    }
+
+    /// Every checkpoint of `chain`, by seq.
+    pub async fn checkpoints(&self, chain: &str) -> Result<Vec<Checkpoint>, Error> {
+        let rows = sqlx::query(
+            "SELECT chain, seq, hash, time_ms, kind, key_id, signature FROM audit_checkpoints \
+             WHERE chain = $1 ORDER BY seq",
+        )
+        .bind(chain.to_owned())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let kind: String = row.try_get(4)?;
+                Ok(Checkpoint {
+                    chain: row.try_get(0)?,
+                    seq: row.try_get(1)?,
+                    hash: row.try_get(2)?,
+                    time_ms: row.try_get(3)?,
+                    kind: if kind == "prune" {
+                        CheckpointKind::Prune
+                    } else {
+                        CheckpointKind::Periodic
+                    },
+                    key_id: row.try_get(5)?,
+                    signature: row.try_get(6)?,
+                })
+            })
+            .collect()
+    }
+}
+
+/// The store's migrations, embedded at build time.
+fn migrator(kind: DbKind) -> Migrator {
+    let sql = match kind {
+        DbKind::Sqlite => include_str!("../migrations/sqlite/0001_audit.sql"),
+        DbKind::Postgres => include_str!("../migrations/postgres/0001_audit.sql"),
+    };
+    Migrator::with_migrations(vec![Migration::new(
+        1,
+        "audit records and checkpoints".into(),
+        MigrationType::Simple,
+        sql.into_sql_str(),
+        false,
+    )])
+}
+
+/// `,a,b,` so that `LIKE '%,a,%'` finds a policy id exactly.
+fn policies_column(policies: &[String]) -> String {
+    format!(",{},", policies.join(","))
+}
+
+fn kind_str(kind: CheckpointKind) -> &'static str {
+    match kind {
+        CheckpointKind::Periodic => "periodic",
+        CheckpointKind::Prune => "prune",
+    }
+}
+
+async fn append_jsonl(path: &Path, records: &[ChainedRecord]) -> Result<(), Error> {
+    let io = |source| Error::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let mut out = String::new();
+    for r in records {
+        out.push_str(&serde_json::to_string(r).map_err(|e| Error::Corrupt(e.to_string()))?);
+        out.push('\n');
+    }
+    let mut file = tokio::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .await
+        .map_err(io)?;
+    file.write_all(out.as_bytes()).await.map_err(io)?;
+    file.sync_data().await.map_err(io)
+}
+
+async fn jsonl_head(path: &Path, chain: &str) -> Result<Option<(i64, String)>, Error> {
+    let text = match tokio::fs::read_to_string(path).await {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(Error::Io {
+                path: path.to_owned(),
+                source,
+            });
+        }
+    };
+    let mut head = None;
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let r: ChainedRecord =
+            serde_json::from_str(line).map_err(|e| Error::Corrupt(e.to_string()))?;
+        if r.chain == chain {
+            head = Some((r.seq, r.hash));
+        }
+    }
+    Ok(head)
+}
+
+/// A store URL with any password removed, for messages and logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}://{user}:***@{}", &url[..scheme_end], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}

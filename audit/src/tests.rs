@@ -1,0 +1,498 @@
+//! The writer, the chain and verify against real SQLite files and the real PostgreSQL server
+//! this machine kind runs at 127.0.0.1:5432 (each test in its own schema).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use crate::chain::ChainedRecord;
+use crate::key::AuditKey;
+use crate::query::{self, Filter};
+use crate::record::{AuditRecord, Decision};
+use crate::store::{Db, Store};
+use crate::verify::{self, ChainReport, Finding};
+use crate::writer::{Auditor, Config};
+
+const PG_BASE: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// A PostgreSQL schema of its own for one test; dropped when the test ends.
+struct PgSchema {
+    name: String,
+}
+
+impl PgSchema {
+    async fn new() -> Self {
+        let name = format!("audit_test_{}", &crate::record::random_id()[..12]);
+        let db = raw_pg().await;
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {name}")))
+            .execute(&db)
+            .await
+            .expect("PostgreSQL at 127.0.0.1:5432 (database `test`, user `postgres`) is required");
+        Self { name }
+    }
+
+    /// The URL of this schema; `application_name` lets a test kill only its own connections.
+    fn url(&self) -> String {
+        format!(
+            "{PG_BASE}?options=-c%20search_path%3D{0}%20-c%20application_name%3D{0}",
+            self.name
+        )
+    }
+}
+
+impl Drop for PgSchema {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Best effort, on a thread of its own: Drop cannot await.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            if let Ok(rt) = rt {
+                rt.block_on(async {
+                    let db = raw_pg().await;
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {name} CASCADE")))
+                        .execute(&db)
+                        .await;
+                });
+            }
+        })
+        .join();
+    }
+}
+
+async fn raw_pg() -> sqlx::AnyPool {
+    sqlx::any::install_default_drivers();
+    sqlx::any::AnyPoolOptions::new()
+        .max_connections(1)
+        .connect(PG_BASE)
+        .await
+        .expect("PostgreSQL at 127.0.0.1:5432 (database `test`, user `postgres`) is required")
+}
+
+fn record(i: usize) -> AuditRecord {
+    let mut r = AuditRecord::new("node-a", &format!("req-{i}"));
+    r.principal = format!("spiffe://ward.local/ns/shop/sa/svc-{}", i % 3);
+    r.action = if i.is_multiple_of(2) { "GET" } else { "POST" }.into();
+    r.resource = "orders-api".into();
+    r.decision = if i.is_multiple_of(4) {
+        Decision::Deny
+    } else {
+        Decision::Allow
+    };
+    r.policies = vec![format!("policy-{}", i % 5)];
+    r.policy_revision = "rev1".into();
+    r.bypass = i % 10 == 9;
+    r.grant_id = r.bypass.then(|| "grant-1".to_owned());
+    r
+}
+
+fn config(dir: &tempfile::TempDir) -> Config {
+    let mut cfg = Config::new("node-a", dir.path().join("spool"));
+    cfg.flush_interval = Duration::from_millis(10);
+    cfg.retry_interval = Duration::from_millis(50);
+    cfg.checkpoint_every = 50;
+    cfg
+}
+
+fn key(dir: &tempfile::TempDir) -> Arc<AuditKey> {
+    Arc::new(AuditKey::load_or_create(&dir.path().join("audit.key")).unwrap())
+}
+
+async fn sqlite(dir: &tempfile::TempDir) -> (Store, String) {
+    let url = format!("sqlite://{}", dir.path().join("audit.db").display());
+    (Store::open(&url).await.unwrap(), url)
+}
+
+/// Flushes until the spool is empty (the store may need a moment to come back).
+async fn drain(auditor: &Auditor) {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while !auditor.flush().await.unwrap() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the spool drains once the store is back");
+}
+
+async fn all(db: &Db) -> Vec<ChainedRecord> {
+    let mut v = query::query(db, &Filter::default()).await.unwrap();
+    v.sort_by_key(|r| r.seq);
+    v
+}
+
+async fn report(db: &Db, key: &AuditKey) -> ChainReport {
+    let mut reports = verify::verify_db(db, &key.public()).await.unwrap();
+    assert_eq!(reports.len(), 1);
+    reports.remove(0)
+}
+
+fn assert_exactly_once_in_order(records: &[ChainedRecord], n: usize) {
+    assert_eq!(records.len(), n);
+    for (i, r) in records.iter().enumerate() {
+        assert_eq!(r.seq, i as i64 + 1);
+        assert_eq!(r.record().unwrap().request_id, format!("req-{i}"));
+    }
+}
+
+async fn write_and_verify(store: Store, dir: &tempfile::TempDir) {
+    let key = key(dir);
+    let (auditor, task) = Auditor::spawn(store.clone(), Some(key.clone()), config(dir))
+        .await
+        .unwrap();
+    for i in 0..500 {
+        auditor.record(record(i)).unwrap();
+    }
+    drain(&auditor).await;
+    let db = store.db().unwrap();
+    assert_exactly_once_in_order(&all(db).await, 500);
+    let rep = report(db, &key).await;
+    assert!(rep.findings.is_empty(), "{:?}", rep.findings);
+    assert!(rep.checkpoints >= 1);
+    assert_eq!(auditor.metrics().written.load(Ordering::Relaxed), 500);
+    drop(auditor);
+    task.await.unwrap();
+
+    // A restart continues the same chain.
+    let (auditor, task) = Auditor::spawn(store.clone(), Some(key.clone()), config(dir))
+        .await
+        .unwrap();
+    auditor.record(record(500)).unwrap();
+    drain(&auditor).await;
+    assert_exactly_once_in_order(&all(db).await, 501);
+    assert!(report(db, &key).await.findings.is_empty());
+    drop(auditor);
+    task.await.unwrap();
+}
+
+#[tokio::test]
+async fn sqlite_round_trip_and_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = sqlite(&dir).await;
+    write_and_verify(store, &dir).await;
+}
+
+#[tokio::test]
+async fn postgres_round_trip_and_verify() {
+    let schema = PgSchema::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    write_and_verify(Store::open(&schema.url()).await.unwrap(), &dir).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_connections_killed_mid_run_lose_nothing() {
+    let schema = PgSchema::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&schema.url()).await.unwrap();
+    let key = key(&dir);
+    let (auditor, _task) = Auditor::spawn(store.clone(), Some(key.clone()), config(&dir))
+        .await
+        .unwrap();
+    let killer = raw_pg().await;
+    let table = format!("{}.audit_records", schema.name);
+    for i in 0..2_000 {
+        auditor.record(record(i)).unwrap();
+        if i % 400 == 200 && !(1_001..=1_500).contains(&i) {
+            // Make sure the writer holds connections right now, then cut them.
+            drain(&auditor).await;
+            let killed = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '{}'",
+                schema.name
+            )))
+            .fetch_all(&killer)
+            .await
+            .unwrap();
+            assert!(
+                !killed.is_empty(),
+                "the writer's connections were found and killed"
+            );
+        }
+        if i == 1_000 {
+            // The store refuses writes for a while (the table is gone) while records keep coming.
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "ALTER TABLE {table} RENAME TO audit_records_away"
+            )))
+            .execute(&killer)
+            .await
+            .unwrap();
+        }
+        if i == 1_500 {
+            tokio::time::timeout(Duration::from_secs(10), async {
+                while auditor.metrics().spooled.load(Ordering::Relaxed) == 0 {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+            .await
+            .expect("records were spooled while the store refused writes");
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "ALTER TABLE {}.audit_records_away RENAME TO audit_records",
+                schema.name
+            )))
+            .execute(&killer)
+            .await
+            .unwrap();
+        }
+    }
+    drain(&auditor).await;
+    let db = store.db().unwrap();
+    assert_exactly_once_in_order(&all(db).await, 2_000);
+    let rep = report(db, &key).await;
+    assert!(rep.findings.is_empty(), "{:?}", rep.findings);
+    let m = auditor.metrics();
+    assert_eq!(m.dropped.load(Ordering::Relaxed), 0);
+    assert!(m.replayed.load(Ordering::Relaxed) > 0);
+    assert_eq!(
+        m.written.load(Ordering::Relaxed) + m.spooled.load(Ordering::Relaxed),
+        2_000,
+        "every record was either written or spooled"
+    );
+}
+
+#[tokio::test]
+async fn sqlite_locked_by_another_writer_spools_and_replays() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, url) = sqlite(&dir).await;
+    let key = key(&dir);
+    let (auditor, _task) = Auditor::spawn(store.clone(), Some(key.clone()), config(&dir))
+        .await
+        .unwrap();
+    for i in 0..100 {
+        auditor.record(record(i)).unwrap();
+    }
+    drain(&auditor).await;
+    // Another process takes an exclusive lock: writes now fail with "database is locked".
+    let locker = Db::open(&url).await.unwrap();
+    let mut conn = locker.pool_for_tests().acquire().await.unwrap();
+    sqlx::query("BEGIN EXCLUSIVE")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    for i in 100..300 {
+        auditor.record(record(i)).unwrap();
+    }
+    let spooled = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if auditor.metrics().spooled.load(Ordering::Relaxed) > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(
+        spooled.is_ok(),
+        "records were spooled while the database was locked"
+    );
+    sqlx::query("COMMIT").execute(&mut *conn).await.unwrap();
+    drop(conn);
+    drain(&auditor).await;
+    let db = store.db().unwrap();
+    assert_exactly_once_in_order(&all(db).await, 300);
+    assert!(report(db, &key).await.findings.is_empty());
+    assert!(auditor.metrics().replayed.load(Ordering::Relaxed) > 0);
+}
+
+#[tokio::test]
+async fn a_full_queue_overflows_to_disk_without_losing_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = sqlite(&dir).await;
+    let mut cfg = config(&dir);
+    cfg.queue_capacity = 4;
+    let (auditor, _task) = Auditor::spawn(store.clone(), None, cfg).await.unwrap();
+    for i in 0..1_000 {
+        auditor.record(record(i)).unwrap();
+    }
+    drain(&auditor).await;
+    drain(&auditor).await;
+    let records = all(store.db().unwrap()).await;
+    assert_eq!(records.len(), 1_000);
+    assert!(auditor.metrics().overflowed.load(Ordering::Relaxed) > 0);
+    let mut ids: Vec<String> = records
+        .iter()
+        .map(|r| r.record().unwrap().request_id)
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 1_000, "each record exactly once");
+}
+
+#[tokio::test]
+async fn strict_mode_fails_closed_when_nothing_can_keep_the_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = sqlite(&dir).await;
+    let mut cfg = config(&dir);
+    cfg.strict = true;
+    let spool_dir = cfg.spool_dir.clone();
+    let (auditor, _task) = Auditor::spawn(store.clone(), None, cfg).await.unwrap();
+    auditor.submit(record(0)).await.unwrap();
+    // Break both the store (drop its tables) and the spool (a directory where the file goes).
+    let db = store.db().unwrap();
+    sqlx::query("DROP TABLE audit_records")
+        .execute(db.pool_for_tests())
+        .await
+        .unwrap();
+    std::fs::create_dir_all(spool_dir.join("audit-spool.jsonl")).unwrap();
+    let err = auditor.submit(record(1)).await.unwrap_err();
+    assert!(matches!(err, crate::Error::NotDurable(_)), "{err}");
+    assert_eq!(
+        auditor.metrics().dropped.load(Ordering::Relaxed),
+        1,
+        "counted, never silent"
+    );
+}
+
+/// Writes 100 records with checkpoints every 50, then lets `tamper` change the database.
+async fn tampered(tamper: &str) -> Vec<Finding> {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = sqlite(&dir).await;
+    let key = key(&dir);
+    let (auditor, task) = Auditor::spawn(store.clone(), Some(key.clone()), config(&dir))
+        .await
+        .unwrap();
+    for i in 0..100 {
+        auditor.record(record(i)).unwrap();
+    }
+    drain(&auditor).await;
+    drop(auditor);
+    task.await.unwrap();
+    let db = store.db().unwrap();
+    for statement in tamper.split(';').filter(|s| !s.trim().is_empty()) {
+        sqlx::query(sqlx::AssertSqlSafe(statement.to_owned()))
+            .execute(db.pool_for_tests())
+            .await
+            .unwrap();
+    }
+    report(db, &key).await.findings
+}
+
+#[tokio::test]
+async fn verify_names_each_kind_of_tampering() {
+    assert_eq!(tampered("").await, vec![]);
+    assert_eq!(
+        tampered("UPDATE audit_records SET decision = 'allow' WHERE seq = 5").await,
+        vec![Finding::ColumnEdited {
+            seq: 5,
+            column: "decision".into()
+        }]
+    );
+    assert_eq!(
+        tampered(
+            "UPDATE audit_records SET body = replace(body, '\"deny\"', '\"allow\"') WHERE seq = 9"
+        )
+        .await,
+        vec![
+            Finding::Edited { seq: 9 },
+            Finding::ColumnEdited {
+                seq: 9,
+                column: "decision".into()
+            }
+        ]
+    );
+    assert_eq!(
+        tampered("DELETE FROM audit_records WHERE seq IN (20, 21)").await,
+        vec![Finding::Deleted { from: 20, to: 21 }]
+    );
+    // Swap two records' places in the chain.
+    assert_eq!(
+        tampered(
+            "UPDATE audit_records SET seq = -1 WHERE seq = 30; \
+             UPDATE audit_records SET seq = 30 WHERE seq = 31; \
+             UPDATE audit_records SET seq = 31 WHERE seq = -1"
+        )
+        .await,
+        vec![
+            Finding::BrokenLink { seq: 30 },
+            Finding::Edited { seq: 30 },
+            Finding::BrokenLink { seq: 31 },
+            Finding::Edited { seq: 31 },
+            Finding::BrokenLink { seq: 32 },
+        ]
+    );
+    assert_eq!(
+        tampered("DELETE FROM audit_records WHERE seq > 90").await,
+        vec![Finding::Truncated {
+            last_present: 90,
+            checkpoint_seq: 100
+        }]
+    );
+    assert_eq!(
+        tampered("UPDATE audit_checkpoints SET hash = 'x' || substr(hash, 2) WHERE seq = 100")
+            .await,
+        vec![Finding::BadSignature { seq: 100 }]
+    );
+}
+
+#[tokio::test]
+async fn queries_filter_and_prune_keeps_the_chain_verifiable() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = sqlite(&dir).await;
+    let key = key(&dir);
+    let (auditor, _task) = Auditor::spawn(store.clone(), Some(key.clone()), config(&dir))
+        .await
+        .unwrap();
+    for i in 0..100 {
+        let mut r = record(i);
+        r.time_ms = 1_000_000 + i as i64 * 1_000;
+        auditor.record(r).unwrap();
+    }
+    drain(&auditor).await;
+    let db = store.db().unwrap();
+    let denies = query::query(
+        db,
+        &Filter {
+            decision: Some("deny".into()),
+            ..Filter::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(denies.len(), 25);
+    let bypasses = query::query(
+        db,
+        &Filter {
+            bypass: Some(true),
+            ..Filter::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(bypasses.len(), 10);
+    let by_policy = query::query(
+        db,
+        &Filter {
+            policy: Some("policy-1".into()),
+            ..Filter::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(by_policy.len(), 20);
+    let window = Filter {
+        since_ms: Some(1_010_000),
+        until_ms: Some(1_020_000),
+        ..Filter::default()
+    };
+    assert_eq!(query::query(db, &window).await.unwrap().len(), 10);
+    let page = Filter {
+        limit: Some(7),
+        offset: Some(90),
+        ..Filter::default()
+    };
+    assert_eq!(query::query(db, &page).await.unwrap().len(), 7);
+    let stats = query::stats(db, &Filter::default(), 3).await.unwrap();
+    assert_eq!(
+        stats.by_decision,
+        vec![("allow".into(), 75), ("deny".into(), 25)]
+    );
+    assert_eq!(stats.bypasses_by_grant, vec![("grant-1".into(), 10)]);
+
+    let pruned = query::prune(db, 1_040_000, &key).await.unwrap();
+    assert_eq!(pruned, 40);
+    let rep = report(db, &key).await;
+    assert!(rep.findings.is_empty(), "{:?}", rep.findings);
+    assert_eq!(rep.records, 60);
+    // The chain goes on after the cut.
+    auditor.record(record(100)).unwrap();
+    drain(&auditor).await;
+    assert!(report(db, &key).await.findings.is_empty());
+}

@@ -1,0 +1,373 @@
+//! The writer: a bounded queue in front of one background task that sequences, hash-chains,
+//! batches and stores records, spooling to disk while the store is down.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::Error;
+use crate::chain::{Chain, ChainedRecord, Checkpoint, CheckpointKind};
+use crate::key::AuditKey;
+use crate::metrics::Metrics;
+use crate::record::AuditRecord;
+use crate::spool::{Overflow, Spool};
+use crate::store::Store;
+
+/// Writer settings (documented in docs/AUDIT.md).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// This node's name; also the name of its hash chain.
+    pub node: String,
+    /// Records the in-memory queue holds before new ones go to the overflow file.
+    pub queue_capacity: usize,
+    /// Records per store transaction at most.
+    pub batch_size: usize,
+    /// How long a record may wait in the queue before its batch is written.
+    pub flush_interval: Duration,
+    /// A signed checkpoint after this many records…
+    pub checkpoint_every: u64,
+    /// …or after this long, whichever comes first.
+    pub checkpoint_interval: Duration,
+    /// How often to retry the store while records are spooled.
+    pub retry_interval: Duration,
+    /// Where the spool and overflow files live.
+    pub spool_dir: PathBuf,
+    /// Fail callers closed when their record cannot be made durable.
+    pub strict: bool,
+}
+
+/// The handle request paths use to hand over records. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Auditor {
+    tx: mpsc::Sender<Msg>,
+    overflow: Arc<Overflow>,
+    overflow_pending: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
+    strict: bool,
+}
+
+type Ack = oneshot::Sender<Result<(), String>>;
+
+#[derive(Debug)]
+enum Msg {
+    Record(Box<AuditRecord>, Option<Ack>),
+    Flush(oneshot::Sender<bool>),
+}
+
+struct Writer {
+    rx: mpsc::Receiver<Msg>,
+    store: Store,
+    spool: Spool,
+    overflow: Arc<Overflow>,
+    overflow_pending: Arc<AtomicBool>,
+    chain: Chain,
+    key: Option<Arc<AuditKey>>,
+    cfg: Config,
+    metrics: Arc<Metrics>,
+    since_checkpoint: u64,
+    last_checkpoint: Instant,
+    last_retry: Instant,
+}
+
+// === impl Config ===
+
+impl Config {
+    /// Defaults for `node`, spooling under `spool_dir`.
+    pub fn new(node: &str, spool_dir: PathBuf) -> Self {
+        Self {
+            node: node.to_owned(),
+            queue_capacity: 65_536,
+            batch_size: 1_000,
+            flush_interval: Duration::from_millis(100),
+            checkpoint_every: 10_000,
+            checkpoint_interval: Duration::from_secs(60),
+            retry_interval: Duration::from_secs(1),
+            spool_dir,
+            strict: false,
+        }
+    }
+}
+
+// === impl Auditor ===
+
+impl Auditor {
+    /// Starts the writer. The store must be reachable now, so the chain continues exactly
+    /// where it stopped; afterwards outages are spooled. The task ends when every handle is
+    /// dropped, after writing what it holds.
+    pub async fn spawn(
+        store: Store,
+        key: Option<Arc<AuditKey>>,
+        cfg: Config,
+    ) -> Result<(Self, JoinHandle<()>), Error> {
+        let spool = Spool::new(&cfg.spool_dir)?;
+        let mut head = store.head(&cfg.node).await?;
+        // Records spooled before a restart come after whatever the store holds.
+        if let Some(last) = spool.read()?.into_iter().rfind(|r| r.chain == cfg.node)
+            && head.as_ref().is_none_or(|(seq, _)| last.seq > *seq)
+        {
+            head = Some((last.seq, last.hash));
+        }
+        let (tx, rx) = mpsc::channel(cfg.queue_capacity.max(1));
+        let overflow = Arc::new(Overflow::new(&cfg.spool_dir));
+        let overflow_pending = Arc::new(AtomicBool::new(true));
+        let metrics = Arc::new(Metrics::default());
+        let writer = Writer {
+            rx,
+            store,
+            spool,
+            overflow: overflow.clone(),
+            overflow_pending: overflow_pending.clone(),
+            chain: Chain::resume(&cfg.node, head),
+            key,
+            metrics: metrics.clone(),
+            since_checkpoint: 0,
+            last_checkpoint: Instant::now(),
+            last_retry: Instant::now(),
+            cfg: cfg.clone(),
+        };
+        let task = tokio::spawn(writer.run());
+        Ok((
+            Self {
+                tx,
+                overflow,
+                overflow_pending,
+                metrics,
+                strict: cfg.strict,
+            },
+            task,
+        ))
+    }
+
+    /// Hands a record over without waiting. When the queue is full the record goes to the
+    /// overflow file instead; an error means it could not be kept anywhere (and was counted
+    /// as dropped).
+    pub fn record(&self, record: AuditRecord) -> Result<(), Error> {
+        match self.tx.try_send(Msg::Record(Box::new(record), None)) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(Msg::Record(record, _))) => {
+                match self.overflow.push(&record) {
+                    Ok(()) => {
+                        Metrics::add(&self.metrics.overflowed, 1);
+                        self.overflow_pending.store(true, Ordering::Release);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        Metrics::add(&self.metrics.dropped, 1);
+                        Err(e)
+                    }
+                }
+            }
+            Err(_) => Err(Error::Closed),
+        }
+    }
+
+    /// Hands a record over and waits until it is in the store or fsynced to the spool.
+    /// Strict mode uses this, so a request whose record cannot be kept is refused.
+    pub async fn record_durable(&self, record: AuditRecord) -> Result<(), Error> {
+        let (ack, done) = oneshot::channel();
+        self.tx
+            .send_timeout(
+                Msg::Record(Box::new(record), Some(ack)),
+                Duration::from_secs(1),
+            )
+            .await
+            .map_err(|_| Error::NotDurable("the audit queue stayed full".into()))?;
+        done.await
+            .map_err(|_| Error::Closed)?
+            .map_err(Error::NotDurable)
+    }
+
+    /// Hands over `record` the way the configured mode asks: durable in strict mode.
+    pub async fn submit(&self, record: AuditRecord) -> Result<(), Error> {
+        if self.strict {
+            self.record_durable(record).await
+        } else {
+            self.record(record)
+        }
+    }
+
+    /// Writes everything handed over so far, retries the spool, and seals the chain with a
+    /// checkpoint. Returns true when nothing is left in the spool.
+    pub async fn flush(&self) -> Result<bool, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Flush(tx))
+            .await
+            .map_err(|_| Error::Closed)?;
+        rx.await.map_err(|_| Error::Closed)
+    }
+
+    /// The writer's counters.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Whether callers must fail closed when a record cannot be made durable.
+    pub fn is_strict(&self) -> bool {
+        self.strict
+    }
+}
+
+// === impl Writer ===
+
+impl Writer {
+    async fn run(mut self) {
+        let mut tick = tokio::time::interval(self.cfg.flush_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let mut batch = Vec::new();
+            let mut acks = Vec::new();
+            let mut flushes = Vec::new();
+            let mut closed = false;
+            tokio::select! {
+                msg = self.rx.recv() => match msg {
+                    Some(msg) => sort(msg, &mut batch, &mut acks, &mut flushes),
+                    None => closed = true,
+                },
+                _ = tick.tick() => {}
+            }
+            while batch.len() < self.cfg.batch_size {
+                match self.rx.try_recv() {
+                    Ok(msg) => sort(msg, &mut batch, &mut acks, &mut flushes),
+                    Err(_) => break,
+                }
+            }
+            if self.overflow_pending.swap(false, Ordering::AcqRel) {
+                match self.overflow.take() {
+                    Ok(records) => batch.extend(records),
+                    Err(e) => tracing::error!(error = %e, "reading the audit overflow file"),
+                }
+            }
+            self.commit(&batch, acks).await;
+            let force = closed || !flushes.is_empty();
+            if !self.spool.is_empty()
+                && (force || self.last_retry.elapsed() >= self.cfg.retry_interval)
+            {
+                self.replay().await;
+            }
+            self.maybe_checkpoint(force).await;
+            let drained = self.spool.is_empty();
+            for flush in flushes {
+                let _ = flush.send(drained);
+            }
+            if closed {
+                break;
+            }
+        }
+    }
+
+    async fn commit(&mut self, batch: &[AuditRecord], acks: Vec<Ack>) {
+        if batch.is_empty() {
+            return;
+        }
+        let mut chained = Vec::with_capacity(batch.len());
+        for record in batch {
+            match self.chain.append(record) {
+                Ok(c) => chained.push(c),
+                Err(e) => {
+                    tracing::error!(error = %e, "BUG: an audit record did not serialize");
+                    Metrics::add(&self.metrics.dropped, 1);
+                }
+            }
+        }
+        let result = self.store_or_spool(&chained).await;
+        self.since_checkpoint += chained.len() as u64;
+        for ack in acks {
+            let _ = ack.send(result.clone());
+        }
+    }
+
+    async fn store_or_spool(&mut self, chained: &[ChainedRecord]) -> Result<(), String> {
+        // Once anything is spooled, later records queue up behind it to keep the chain in order.
+        if self.spool.is_empty() {
+            match self.store.insert(chained).await {
+                Ok(()) => {
+                    Metrics::add(&self.metrics.written, chained.len());
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, records = chained.len(), "audit store write failed; spooling to disk");
+                    self.last_retry = Instant::now();
+                }
+            }
+        }
+        match self.spool.append(chained) {
+            Ok(()) => {
+                Metrics::add(&self.metrics.spooled, chained.len());
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, records = chained.len(), "audit spool write failed; records dropped");
+                Metrics::add(&self.metrics.dropped, chained.len());
+                Err(e.to_string())
+            }
+        }
+    }
+
+    async fn replay(&mut self) {
+        self.last_retry = Instant::now();
+        let records = match self.spool.read() {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "reading the audit spool");
+                return;
+            }
+        };
+        for chunk in records.chunks(self.cfg.batch_size.max(1)) {
+            if let Err(e) = self.store.insert(chunk).await {
+                tracing::debug!(error = %e, "audit store still failing; keeping the spool");
+                return;
+            }
+        }
+        match self.spool.clear() {
+            Ok(()) => {
+                tracing::info!(
+                    records = records.len(),
+                    "audit spool replayed into the store"
+                );
+                Metrics::add(&self.metrics.replayed, records.len());
+            }
+            Err(e) => tracing::error!(error = %e, "clearing the audit spool"),
+        }
+    }
+
+    async fn maybe_checkpoint(&mut self, force: bool) {
+        let Some(key) = &self.key else { return };
+        let due = self.since_checkpoint >= self.cfg.checkpoint_every
+            || self.last_checkpoint.elapsed() >= self.cfg.checkpoint_interval
+            || force;
+        if self.since_checkpoint == 0 || !due || !self.spool.is_empty() {
+            return;
+        }
+        let (seq, hash) = self.chain.head();
+        let cp = Checkpoint::sign(key, self.chain.name(), seq, hash, CheckpointKind::Periodic);
+        match self.store.insert_checkpoint(&cp).await {
+            Ok(()) => {
+                Metrics::add(&self.metrics.checkpoints, 1);
+                self.since_checkpoint = 0;
+                self.last_checkpoint = Instant::now();
+            }
+            Err(e) => tracing::warn!(error = %e, "storing an audit checkpoint failed; will retry"),
+        }
+    }
+}
+
+fn sort(
+    msg: Msg,
+    batch: &mut Vec<AuditRecord>,
+    acks: &mut Vec<Ack>,
+    flushes: &mut Vec<oneshot::Sender<bool>>,
+) {
+    match msg {
+        Msg::Record(record, ack) => {
+            batch.push(*record);
+            acks.extend(ack);
+        }
+        Msg::Flush(tx) => flushes.push(tx),
+    }
+}
