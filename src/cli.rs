@@ -76,6 +76,8 @@ pub(crate) struct ConfigCheckArgs {
 pub(crate) enum ConfigKind {
     /// `ward up`.
     Up,
+    /// `ward agent`.
+    Agent,
 }
 
 /// A group whose commands have not been built yet; it says so instead of pretending.

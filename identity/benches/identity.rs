@@ -49,7 +49,15 @@ fn bench(c: &mut Criterion) {
                 .expect("jwt")
         })
     });
-    group.bench_function("verify_jwt_svid", |b| {
+    // Every call does the full check, as for a token never seen before.
+    group.bench_function("verify_jwt_svid_uncached", |b| {
+        b.iter(|| {
+            ward_identity::jwt::validate_uncached(&bundle, black_box(&token), "orders-api")
+                .expect("valid")
+        })
+    });
+    // A workload presents the same token until it renews it: the bundle's cache answers.
+    group.bench_function("verify_jwt_svid_repeated_token", |b| {
         b.iter(|| {
             bundle
                 .validate_jwt(black_box(&token), "orders-api")
@@ -66,6 +74,33 @@ fn bench(c: &mut Criterion) {
                     webpki::KeyUsage::client_auth(),
                 )
                 .expect("valid")
+        })
+    });
+    // The floor under JWT verification: one ECDSA P-256 signature check, nothing else.
+    let rng = aws_lc_rs::rand::SystemRandom::new();
+    let pkcs8 = aws_lc_rs::signature::EcdsaKeyPair::generate_pkcs8(
+        &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+        &rng,
+    )
+    .expect("key");
+    let pair = aws_lc_rs::signature::EcdsaKeyPair::from_pkcs8(
+        &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+        pkcs8.as_ref(),
+    )
+    .expect("key");
+    let message = token.as_bytes();
+    let signature = pair.sign(&rng, message).expect("sign");
+    let public = aws_lc_rs::signature::KeyPair::public_key(&pair)
+        .as_ref()
+        .to_vec();
+    group.bench_function("raw_ecdsa_p256_verify", |b| {
+        b.iter(|| {
+            aws_lc_rs::signature::UnparsedPublicKey::new(
+                &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED,
+                &public,
+            )
+            .verify(black_box(message), signature.as_ref())
+            .expect("valid")
         })
     });
     group.finish();

@@ -242,6 +242,16 @@ pub(crate) fn parse_jwks(text: &str) -> Result<Vec<JwtPublicKey>, JwtError> {
         .collect()
 }
 
+/// Validates without the bundle's cache: always the full signature check (for benchmarks and
+/// for callers that must not share a cache).
+pub fn validate_uncached(
+    bundle: &crate::TrustBundle,
+    token: &str,
+    audience: &str,
+) -> Result<JwtSvidClaims, JwtError> {
+    validate(token, audience, bundle.trust_domain(), bundle.jwt_keys())
+}
+
 /// Validates `token` for `audience` against `keys` of `trust_domain`.
 pub(crate) fn validate(
     token: &str,

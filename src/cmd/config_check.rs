@@ -6,6 +6,7 @@ use crate::cli::{ConfigCheckArgs, ConfigCommand, ConfigKind};
 use crate::config::{self, ProcessEnv};
 use crate::exit;
 
+use super::agent::AgentConfig;
 use super::up::UpConfig;
 
 /// Runs `ward config …`.
@@ -17,11 +18,19 @@ pub(crate) fn run(cmd: ConfigCommand) -> anyhow::Result<ExitCode> {
 
 fn check(args: &ConfigCheckArgs) -> anyhow::Result<ExitCode> {
     match args.kind {
-        ConfigKind::Up => {
-            let cfg = config::load::<UpConfig>(&args.file, &ProcessEnv).map_err(exit::bad_input)?;
-            tracing::info!(?cfg, "resolved configuration");
-        }
+        ConfigKind::Up => loaded::<UpConfig>(args)?,
+        ConfigKind::Agent => loaded::<AgentConfig>(args)?,
     }
     println!("{}: ok", args.file.display());
     Ok(exit::OK)
+}
+
+/// Loads `args.file` as a `T` and logs the resolved configuration.
+fn loaded<T>(args: &ConfigCheckArgs) -> anyhow::Result<()>
+where
+    T: serde::de::DeserializeOwned + config::Overrides + std::fmt::Debug,
+{
+    let cfg = config::load::<T>(&args.file, &ProcessEnv).map_err(exit::bad_input)?;
+    tracing::info!(?cfg, "resolved configuration");
+    Ok(())
 }

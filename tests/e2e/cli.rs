@@ -153,3 +153,22 @@ fn json_logs_are_json() {
         "{stderr}"
     );
 }
+
+#[test]
+fn agent_config_is_checked_as_the_agent_loads_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = write_file(&dir, "agent.yaml", "default_ttl: 30m\n");
+    ward()
+        .args(["config", "check", "--kind", "agent"])
+        .arg(&good)
+        .assert()
+        .success();
+    let bad = write_file(&dir, "bad.yaml", "socket: /run/a.sock\ndefault_ttl: soon\n");
+    ward()
+        .args(["config", "check", "--kind", "agent"])
+        .arg(&bad)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(format!("{}:2:", bad.display())))
+        .stderr(predicate::str::contains("default_ttl"));
+}

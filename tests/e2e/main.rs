@@ -12,3 +12,4 @@ mod ca;
 mod cli;
 mod policy;
 mod support;
+mod up;

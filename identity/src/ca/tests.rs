@@ -212,6 +212,8 @@ fn jwt_svid_validates_and_enforces_audience_kid_and_expiry() {
     let short = ca
         .issue_jwt(&who, &["orders".into()], Duration::from_secs(1))
         .unwrap();
+    // Validated once (and cached) while fresh; the cache must not outlive `exp`.
+    assert!(ca.bundle().validate_jwt(&short.token, "orders").is_ok());
     let deadline = short.expiry + Duration::from_secs(1);
     while SystemTime::now() <= deadline {
         std::thread::sleep(Duration::from_millis(100));
