@@ -39,7 +39,8 @@ pub(crate) enum Command {
     /// Run an ingress, egress or east-west gateway.
     Gateway(Pending),
     /// Query, verify, export and prune the tamper-evident audit log.
-    Audit(Pending),
+    #[command(subcommand)]
+    Audit(crate::cmd::audit::AuditCommand),
     /// Open, list and revoke time-boxed break-glass grants.
     Breakglass(Pending),
     /// Run the control plane that distributes policy revisions to proxies.

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use crate::cli::Command;
 
 pub(crate) mod agent;
+pub(crate) mod audit;
 pub(crate) mod ca;
 mod config_check;
 pub(crate) mod policy;
@@ -21,7 +22,7 @@ pub(crate) async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Authz(_) => pending("authz"),
         Command::Proxy(_) => pending("proxy"),
         Command::Gateway(_) => pending("gateway"),
-        Command::Audit(_) => pending("audit"),
+        Command::Audit(cmd) => audit::run(cmd).await,
         Command::Breakglass(_) => pending("breakglass"),
         Command::Control(_) => pending("control"),
     }

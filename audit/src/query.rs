@@ -70,9 +70,11 @@ impl Filter {
             binds.push(Bind::Text(format!("%,{policy},%")));
             parts.push(format!("policies LIKE ${}", binds.len()));
         }
-        if let Some(b) = self.bypass {
-            binds.push(Bind::Int(i64::from(b)));
-            parts.push(format!("bypass = ${}", binds.len()));
+        // A literal (not a bind) so the planner can use the partial index on bypasses.
+        match self.bypass {
+            Some(true) => parts.push("bypass = 1".to_owned()),
+            Some(false) => parts.push("bypass = 0".to_owned()),
+            None => {}
         }
         if let Some(t) = self.since_ms {
             binds.push(Bind::Int(t));

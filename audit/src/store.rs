@@ -16,9 +16,11 @@ use crate::Error;
 use crate::chain::{ChainedRecord, Checkpoint, CheckpointKind};
 use crate::record::AuditRecord;
 
-// Rows per INSERT statement: few enough to stay far below both databases' parameter limits
-// (17 columns × 100 = 1,700), many enough to amortize a round trip.
+// Rows per INSERT statement on PostgreSQL: far below its parameter limit (17 × 100 = 1,700)
+// and enough to amortize a network round trip.
 const ROWS_PER_INSERT: usize = 100;
+// Rows per JSON-unpacking INSERT on SQLite.
+const SQLITE_ROWS_PER_INSERT: usize = 1_000;
 const COLUMNS: &str = "chain, seq, id, time_ms, request_id, principal, end_user, action, resource, \
                        decision, bypass, grant_id, mode, policies, body, prev_hash, hash";
 
@@ -76,8 +78,21 @@ impl Store {
     /// Writes a batch in one transaction; records already present are skipped, so a batch
     /// replayed after an ambiguous failure is written exactly once.
     pub async fn insert(&self, records: &[ChainedRecord]) -> Result<(), Error> {
+        self.insert_with(records, None).await
+    }
+
+    /// Like [`Store::insert`], with the records already parsed (`parsed[i]` is the body of
+    /// `records[i]`), which saves the database path a JSON parse per record.
+    pub(crate) async fn insert_with(
+        &self,
+        records: &[ChainedRecord],
+        parsed: Option<&[AuditRecord]>,
+    ) -> Result<(), Error> {
         match self {
-            Self::Db(db) => db.insert(records).await,
+            Self::Db(db) => {
+                db.insert(records, parsed.filter(|p| p.len() == records.len()))
+                    .await
+            }
             Self::Jsonl(path) => append_jsonl(path, records).await,
             Self::Stdout => {
                 let mut out = String::new();
@@ -168,6 +183,9 @@ impl Db {
                             "PRAGMA journal_mode = WAL",
                             "PRAGMA synchronous = NORMAL",
                             "PRAGMA busy_timeout = 2000",
+                            // Index pages stay in memory across batches.
+                            "PRAGMA cache_size = -65536",
+                            "PRAGMA temp_store = MEMORY",
                         ] {
                             sqlx::Executor::execute(&mut *conn, pragma).await?;
                         }
@@ -199,44 +217,75 @@ impl Db {
         &self.pool
     }
 
-    async fn insert(&self, records: &[ChainedRecord]) -> Result<(), Error> {
+    async fn insert(
+        &self,
+        records: &[ChainedRecord],
+        parsed: Option<&[AuditRecord]>,
+    ) -> Result<(), Error> {
+        let owned;
+        let parsed = match parsed {
+            Some(p) => p,
+            None => {
+                owned = records
+                    .iter()
+                    .map(ChainedRecord::record)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| Error::Corrupt(e.to_string()))?;
+                &owned
+            }
+        };
         let mut tx = self.pool.begin().await?;
-        for chunk in records.chunks(ROWS_PER_INSERT) {
-            let mut sql = format!("INSERT INTO audit_records ({COLUMNS}) VALUES ");
-            for i in 0..chunk.len() {
-                let base = i * 17;
-                let params: Vec<String> = (1..=17).map(|n| format!("${}", base + n)).collect();
-                if i > 0 {
-                    sql.push(',');
+        match self.kind {
+            DbKind::Sqlite => {
+                // One bound parameter per batch: SQLite unpacks the rows from JSON itself, which
+                // measured several times faster than binding 17 parameters per row.
+                for (chunk, recs) in records
+                    .chunks(SQLITE_ROWS_PER_INSERT)
+                    .zip(parsed.chunks(SQLITE_ROWS_PER_INSERT))
+                {
+                    let rows: Vec<RowJson<'_>> = chunk
+                        .iter()
+                        .zip(recs)
+                        .map(|(r, rec)| RowJson::new(r, rec))
+                        .collect();
+                    let json =
+                        serde_json::to_string(&rows).map_err(|e| Error::Corrupt(e.to_string()))?;
+                    sqlx::query(AssertSqlSafe(sqlite_json_insert_sql()))
+                        .bind(json)
+                        .execute(&mut *tx)
+                        .await?;
                 }
-                sql.push('(');
-                sql.push_str(&params.join(","));
-                sql.push(')');
             }
-            sql.push_str(" ON CONFLICT (chain, seq) DO NOTHING");
-            let mut query = sqlx::query(AssertSqlSafe(sql));
-            for r in chunk {
-                let rec: AuditRecord = r.record().map_err(|e| Error::Corrupt(e.to_string()))?;
-                query = query
-                    .bind(r.chain.clone())
-                    .bind(r.seq)
-                    .bind(rec.id)
-                    .bind(rec.time_ms)
-                    .bind(rec.request_id)
-                    .bind(rec.principal)
-                    .bind(rec.end_user)
-                    .bind(rec.action)
-                    .bind(rec.resource)
-                    .bind(rec.decision.as_str())
-                    .bind(i64::from(rec.bypass))
-                    .bind(rec.grant_id)
-                    .bind(rec.mode.as_str())
-                    .bind(policies_column(&rec.policies))
-                    .bind(r.body.clone())
-                    .bind(r.prev_hash.clone())
-                    .bind(r.hash.clone());
+            DbKind::Postgres => {
+                for (chunk, recs) in records
+                    .chunks(ROWS_PER_INSERT)
+                    .zip(parsed.chunks(ROWS_PER_INSERT))
+                {
+                    let mut query = sqlx::query(AssertSqlSafe(insert_sql(chunk.len())));
+                    for (r, rec) in chunk.iter().zip(recs) {
+                        let row = RowJson::new(r, rec);
+                        query = query
+                            .bind(row.chain.to_owned())
+                            .bind(row.seq)
+                            .bind(row.id.to_owned())
+                            .bind(row.time_ms)
+                            .bind(row.request_id.to_owned())
+                            .bind(row.principal.to_owned())
+                            .bind(row.end_user.map(str::to_owned))
+                            .bind(row.action.to_owned())
+                            .bind(row.resource.to_owned())
+                            .bind(row.decision)
+                            .bind(row.bypass)
+                            .bind(row.grant_id.map(str::to_owned))
+                            .bind(row.mode)
+                            .bind(row.policies)
+                            .bind(row.body.to_owned())
+                            .bind(row.prev_hash.to_owned())
+                            .bind(row.hash.to_owned());
+                    }
+                    query.execute(&mut *tx).await?;
+                }
             }
-            query.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -361,6 +410,98 @@ impl Db {
             })
             .collect()
     }
+}
+
+/// `INSERT … VALUES ($1…$17), … ON CONFLICT DO NOTHING` for `rows` rows; the full-size
+/// statement is built once.
+fn insert_sql(rows: usize) -> String {
+    static FULL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+    let build = |rows: usize| {
+        let mut sql = format!("INSERT INTO audit_records ({COLUMNS}) VALUES ");
+        for i in 0..rows {
+            let base = i * 17;
+            let params: Vec<String> = (1..=17).map(|n| format!("${}", base + n)).collect();
+            if i > 0 {
+                sql.push(',');
+            }
+            sql.push('(');
+            sql.push_str(&params.join(","));
+            sql.push(')');
+        }
+        sql.push_str(" ON CONFLICT (chain, seq) DO NOTHING");
+        sql
+    };
+    if rows == ROWS_PER_INSERT {
+        FULL.get_or_init(|| build(rows)).clone()
+    } else {
+        build(rows)
+    }
+}
+
+/// The columns of one row, serialized for SQLite's `json_each` and bound one by one for
+/// PostgreSQL.
+#[derive(serde::Serialize)]
+struct RowJson<'a> {
+    chain: &'a str,
+    seq: i64,
+    id: &'a str,
+    time_ms: i64,
+    request_id: &'a str,
+    principal: &'a str,
+    end_user: Option<&'a str>,
+    action: &'a str,
+    resource: &'a str,
+    decision: &'static str,
+    bypass: i64,
+    grant_id: Option<&'a str>,
+    mode: &'static str,
+    policies: String,
+    body: &'a str,
+    prev_hash: &'a str,
+    hash: &'a str,
+}
+
+impl<'a> RowJson<'a> {
+    fn new(r: &'a ChainedRecord, rec: &'a AuditRecord) -> Self {
+        Self {
+            chain: &r.chain,
+            seq: r.seq,
+            id: &rec.id,
+            time_ms: rec.time_ms,
+            request_id: &rec.request_id,
+            principal: &rec.principal,
+            end_user: rec.end_user.as_deref(),
+            action: &rec.action,
+            resource: &rec.resource,
+            decision: rec.decision.as_str(),
+            bypass: i64::from(rec.bypass),
+            grant_id: rec.grant_id.as_deref(),
+            mode: rec.mode.as_str(),
+            policies: policies_column(&rec.policies),
+            body: &r.body,
+            prev_hash: &r.prev_hash,
+            hash: &r.hash,
+        }
+    }
+}
+
+/// `INSERT … SELECT … FROM json_each($1)`: every row of a batch in one bound JSON array.
+fn sqlite_json_insert_sql() -> String {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        let extracts: Vec<String> = COLUMNS
+            .split(',')
+            .map(|c| format!("json_extract(value, '$.{}')", c.trim()))
+            .collect();
+        // `WHERE true` keeps SQLite from reading ON CONFLICT as part of the SELECT.
+        format!(
+            "INSERT INTO audit_records ({COLUMNS}) SELECT {} FROM json_each($1) WHERE true \
+             ON CONFLICT (chain, seq) DO NOTHING",
+            extracts.join(", ")
+        )
+    })
+    .clone()
 }
 
 /// The store's migrations, embedded at build time.

@@ -275,17 +275,22 @@ impl Writer {
                 }
             }
         }
-        let result = self.store_or_spool(&chained).await;
+        let parsed = (chained.len() == batch.len()).then_some(batch);
+        let result = self.store_or_spool(&chained, parsed).await;
         self.since_checkpoint += chained.len() as u64;
         for ack in acks {
             let _ = ack.send(result.clone());
         }
     }
 
-    async fn store_or_spool(&mut self, chained: &[ChainedRecord]) -> Result<(), String> {
+    async fn store_or_spool(
+        &mut self,
+        chained: &[ChainedRecord],
+        parsed: Option<&[AuditRecord]>,
+    ) -> Result<(), String> {
         // Once anything is spooled, later records queue up behind it to keep the chain in order.
         if self.spool.is_empty() {
-            match self.store.insert(chained).await {
+            match self.store.insert_with(chained, parsed).await {
                 Ok(()) => {
                     Metrics::add(&self.metrics.written, chained.len());
                     return Ok(());

@@ -8,6 +8,7 @@
 )]
 
 mod agent;
+mod audit;
 mod ca;
 mod cli;
 mod policy;

@@ -22,10 +22,11 @@ CREATE TABLE IF NOT EXISTS audit_records (
 );
 CREATE INDEX IF NOT EXISTS audit_records_time ON audit_records (time_ms);
 CREATE INDEX IF NOT EXISTS audit_records_principal ON audit_records (principal, time_ms);
-CREATE INDEX IF NOT EXISTS audit_records_end_user ON audit_records (end_user, time_ms);
+-- Partial indexes: most records have no end user and no bypass.
+CREATE INDEX IF NOT EXISTS audit_records_end_user ON audit_records (end_user, time_ms) WHERE end_user IS NOT NULL;
 CREATE INDEX IF NOT EXISTS audit_records_decision ON audit_records (decision, time_ms);
 CREATE INDEX IF NOT EXISTS audit_records_request ON audit_records (request_id);
-CREATE INDEX IF NOT EXISTS audit_records_bypass ON audit_records (bypass, time_ms);
+CREATE INDEX IF NOT EXISTS audit_records_bypass ON audit_records (time_ms) WHERE bypass = 1;
 
 CREATE TABLE IF NOT EXISTS audit_checkpoints (
     chain      TEXT    NOT NULL,
