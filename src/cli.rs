@@ -35,7 +35,7 @@ pub(crate) enum Command {
     /// Serve authorization decisions: Envoy ext_authz gRPC and the JSON check API.
     Authz(Pending),
     /// Run one workload's mTLS proxy (inbound and outbound).
-    Proxy(Pending),
+    Proxy(crate::cmd::proxy::ProxyArgs),
     /// Run an ingress, egress or east-west gateway.
     Gateway(Pending),
     /// Query, verify, export and prune the tamper-evident audit log.

@@ -9,6 +9,7 @@ pub(crate) mod audit;
 pub(crate) mod ca;
 mod config_check;
 pub(crate) mod policy;
+pub(crate) mod proxy;
 mod up;
 
 /// Dispatches `command` to its implementation.
@@ -20,7 +21,7 @@ pub(crate) async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Agent(args) => agent::run(args).await,
         Command::Policy(cmd) => policy::run(cmd),
         Command::Authz(_) => pending("authz"),
-        Command::Proxy(_) => pending("proxy"),
+        Command::Proxy(args) => proxy::run(args).await,
         Command::Gateway(_) => pending("gateway"),
         Command::Audit(cmd) => audit::run(cmd).await,
         Command::Breakglass(_) => pending("breakglass"),

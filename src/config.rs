@@ -150,10 +150,6 @@ pub(crate) fn override_path(env: &dyn Env, var: &'static str, target: &mut PathB
 }
 
 /// Overrides `target` with `var` parsed by `FromStr`, if set.
-#[cfg_attr(
-    not(test),
-    expect(dead_code, reason = "first used by listen-address overrides")
-)]
 pub(crate) fn override_parsed<T>(
     env: &dyn Env,
     var: &'static str,

@@ -12,5 +12,6 @@ mod audit;
 mod ca;
 mod cli;
 mod policy;
+mod proxy;
 mod support;
 mod up;

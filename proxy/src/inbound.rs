@@ -1,0 +1,343 @@
+//! Inbound: terminate mTLS, authorize every request with Cedar, record it, forward to the app.
+//!
+//! Per connection: TLS handshake with the workload's SVID, requiring a client SVID that chains
+//! to a trusted bundle (a failure closes the connection and counts a `reason`), then
+//! [`ConnCtx`] with the peer's verified SPIFFE id. Per request, in phases:
+//! 1. context: request id, trace, forged identity headers dropped ([`ReqCtx`]);
+//! 2. decision: path normalized and mapped to a Cedar request, decided, audited; a bad path is
+//!    400 and a deny is 403 (both audited);
+//! 3. forward: exactly the authorized path (plus the original query) to the local app, with
+//!    `x-request-id`, `traceparent` and `x-ward-peer-id` set by us.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use http::{HeaderMap, Request, Response, Uri, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::server::graceful::Watcher;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use ward_audit::AuditRecord;
+use ward_authz::{HttpRequest, NormalizedPath, Principal, RequestContext};
+
+use crate::ctx::{ConnCtx, ListenerKind, ReqCtx};
+use crate::headers;
+use crate::metrics::{DurationLabels, HandshakeLabels, ResultLabels};
+use crate::proxy::ProxyInputs;
+use crate::respond::{RequestError, error_response};
+use crate::serve::{accept_loop, serve_http};
+use crate::{BoxBody, BoxError, tls};
+
+/// The connection pool to the local app.
+type AppClient = Client<HttpConnector, Incoming>;
+
+/// Shared by every inbound connection.
+struct Inbound {
+    inputs: Arc<ProxyInputs>,
+    acceptor: TlsAcceptor,
+    app: AppClient,
+}
+
+/// What phase 2 decided, for the forward, the metrics and the access log.
+struct Decided {
+    /// The Cedar action (the `route` metric label).
+    action: String,
+    /// What was authorized: exactly this goes to the app.
+    path: NormalizedPath,
+}
+
+/// Serves the inbound listener until shutdown.
+pub(crate) async fn serve(inputs: Arc<ProxyInputs>, listener: TcpListener) {
+    let acceptor = match tls::server_config(&inputs.identity) {
+        Ok(cfg) => TlsAcceptor::from(cfg),
+        Err(err) => {
+            tracing::error!(error = %err, "inbound TLS config; the inbound listener is closed");
+            return;
+        }
+    };
+    let app: AppClient = Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .build_http();
+    let local = listener.local_addr().ok();
+    let inbound = Arc::new(Inbound {
+        inputs: inputs.clone(),
+        acceptor,
+        app,
+    });
+    accept_loop(
+        inputs,
+        listener,
+        ListenerKind::Inbound,
+        move |tcp, peer, watcher| {
+            let conn = ConnCtx::new(ListenerKind::Inbound, peer, local.unwrap_or(peer));
+            inbound.clone().connection(tcp, conn, watcher)
+        },
+    )
+    .await;
+}
+
+// === impl Inbound ===
+
+impl std::fmt::Debug for Inbound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inbound")
+            .field("app", &self.inputs.cfg.app)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Inbound {
+    /// Handshake, then serve HTTP on the connection.
+    async fn connection(self: Arc<Self>, tcp: TcpStream, mut conn: ConnCtx, watcher: Watcher) {
+        let metrics = &self.inputs.metrics;
+        let timeout = self.inputs.cfg.handshake_timeout;
+        let accepted = tokio::time::timeout(timeout, self.acceptor.accept(tcp)).await;
+        let failure = |reason: &'static str| {
+            metrics
+                .handshake_failures
+                .get_or_create(&HandshakeLabels {
+                    direction: "inbound",
+                    reason,
+                })
+                .inc();
+        };
+        let tls = match accepted {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(err)) => {
+                let reason = tls::failure_reason(&err);
+                failure(reason);
+                tracing::info!(%conn, reason, error = %err, "mTLS handshake refused");
+                return;
+            }
+            Err(_) => {
+                failure("timeout");
+                tracing::info!(%conn, "mTLS handshake timed out");
+                return;
+            }
+        };
+        let (_, session) = tls.get_ref();
+        conn.sni = session.server_name().map(str::to_owned);
+        match session
+            .peer_certificates()
+            .map(ward_identity::verify::peer_spiffe_id)
+        {
+            Some(Ok(id)) => conn.peer_id = Some(id),
+            // The verifier already required a valid SVID; getting here is a bug.
+            other => {
+                debug_assert!(false, "BUG: verified peer without a SPIFFE id: {other:?}");
+                failure("no_peer_id");
+                return;
+            }
+        }
+        let _open = metrics.connection("inbound");
+        let conn = Arc::new(conn);
+        tracing::debug!(%conn, "inbound connection");
+        let this = self.clone();
+        serve_http(tls, watcher, move |req| {
+            this.clone().request(conn.clone(), req)
+        })
+        .await;
+    }
+
+    /// One request through the three phases, then the access log and metrics.
+    async fn request(
+        self: Arc<Self>,
+        conn: Arc<ConnCtx>,
+        mut req: Request<Incoming>,
+    ) -> Response<BoxBody> {
+        // Phase 1: context. Identity headers from outside are never believed.
+        headers::strip_hop_by_hop(req.headers_mut());
+        let ctx = ReqCtx::new(conn, &req);
+        headers::set_identity_headers(req.headers_mut(), &ctx.request_id, &ctx.traceparent, None);
+        // Phase 2: normalize, decide, record.
+        let (result, action) = match self.decide(&ctx, req.headers()).await {
+            Ok(decided) => {
+                let action = decided.action.clone();
+                // Phase 3: forward exactly what was authorized.
+                (self.forward(&ctx, decided, req).await, action)
+            }
+            Err((err, action)) => (Err(err), action),
+        };
+        let response = match result {
+            Ok(resp) => resp,
+            Err(err) => error_response(&err, &ctx.request_id),
+        };
+        self.log(&ctx, &action, response.status().as_u16());
+        response
+    }
+
+    /// Phase 2: the Cedar decision and its audit record. On failure, also returns the action
+    /// for the metrics (`-` when the path was rejected before mapping).
+    async fn decide(
+        &self,
+        ctx: &ReqCtx,
+        headers: &HeaderMap,
+    ) -> Result<Decided, (RequestError, String)> {
+        let inputs = &self.inputs;
+        let Some(peer) = ctx.conn.peer_id.clone() else {
+            return Err((
+                RequestError::Bug("inbound request without a peer id".into()),
+                "-".into(),
+            ));
+        };
+        let http = HttpRequest {
+            principal: Principal::Workload(peer.clone()),
+            service: inputs.cfg.service.clone(),
+            method: ctx.method.as_str().to_owned(),
+            target: ctx.path.clone(),
+            context: RequestContext {
+                host: ctx.host().to_owned(),
+                source_ip: Some(ctx.conn.src.ip()),
+                mtls: true,
+                request_id: ctx.request_id.clone(),
+                time: ward_audit::record::now_ms() / 1000,
+                headers: cedar_headers(headers),
+                ..RequestContext::default()
+            },
+        };
+        let mut record = AuditRecord::new(&inputs.cfg.node, &ctx.request_id);
+        record.trace_id = Some(ctx.trace_id.clone());
+        record.principal = peer.to_string();
+        record.resource = format!("Service::\"{}\"", inputs.cfg.service);
+        record.method = Some(ctx.method.as_str().to_owned());
+        let snapshot = inputs.authz.snapshot();
+        let (request, path) = match snapshot.map_http(&http) {
+            Ok(mapped) => mapped,
+            Err(err) => {
+                let err = match err {
+                    ward_authz::Error::Path(e) => RequestError::BadPath(e),
+                    other => RequestError::BadRequest(other.to_string()),
+                };
+                // Not a decision, but an attempt worth keeping: recorded as a deny.
+                record.path = Some(ctx.path.chars().take(256).collect());
+                record.errors = vec![err.to_string()];
+                record.policy_revision = snapshot.revision().to_string();
+                self.metric_decision("invalid");
+                self.submit(record).await.map_err(|e| (e, "-".to_owned()))?;
+                return Err((err, "-".to_owned()));
+            }
+        };
+        let decision = snapshot.authorize(&request);
+        record.action = format!("Action::\"{}\"", request.action);
+        record.path = Some(path.path().to_owned());
+        record.decision = if decision.allow {
+            ward_audit::Decision::Allow
+        } else {
+            ward_audit::Decision::Deny
+        };
+        record.policies = decision.reasons.clone();
+        record.errors = decision.errors.iter().map(|e| e.message.clone()).collect();
+        record.policy_revision = decision.revision.to_string();
+        record.latency_us = u64::try_from(decision.elapsed.as_micros()).unwrap_or(u64::MAX);
+        self.metric_decision(if decision.allow { "allow" } else { "deny" });
+        let action = request.action.clone();
+        self.submit(record).await.map_err(|e| (e, action.clone()))?;
+        if !decision.allow {
+            tracing::info!(%peer, %action, path = %path.path(), request_id = %ctx.request_id, policies = ?decision.reasons, "denied by policy");
+            return Err((RequestError::Denied, action));
+        }
+        Ok(Decided { action, path })
+    }
+
+    /// Phase 3: the authorized path and original query to the app.
+    async fn forward(
+        &self,
+        ctx: &ReqCtx,
+        decided: Decided,
+        mut req: Request<Incoming>,
+    ) -> Result<Response<BoxBody>, RequestError> {
+        let target = match decided.path.query() {
+            Some(q) => format!("http://{}{}?{q}", self.inputs.cfg.app, decided.path.path()),
+            None => format!("http://{}{}", self.inputs.cfg.app, decided.path.path()),
+        };
+        *req.uri_mut() =
+            Uri::try_from(target).map_err(|e| RequestError::Bug(format!("app URI: {e}")))?;
+        // The app speaks HTTP/1.1 whatever the peer spoke.
+        *req.version_mut() = Version::HTTP_11;
+        let peer = ctx.conn.peer_id.as_ref().map(|id| id.as_str());
+        headers::set_identity_headers(req.headers_mut(), &ctx.request_id, &ctx.traceparent, peer);
+        let sent = tokio::time::timeout(self.inputs.cfg.app_timeout, self.app.request(req)).await;
+        let mut response = match sent {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(err)) => return Err(RequestError::AppUnavailable(err.to_string())),
+            Err(_) => return Err(RequestError::Timeout),
+        };
+        headers::strip_hop_by_hop(response.headers_mut());
+        Ok(response.map(|body| body.map_err(|e| Box::new(e) as BoxError).boxed()))
+    }
+
+    async fn submit(&self, record: AuditRecord) -> Result<(), RequestError> {
+        match self.inputs.audit.submit(record).await {
+            Ok(()) => Ok(()),
+            Err(err) if self.inputs.audit.is_strict() => {
+                tracing::error!(error = %err, "audit record not durable: failing the request closed");
+                Err(RequestError::AuditUnavailable)
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "audit record lost");
+                Ok(())
+            }
+        }
+    }
+
+    fn metric_decision(&self, result: &'static str) {
+        self.inputs
+            .metrics
+            .authz
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    fn log(&self, ctx: &ReqCtx, route: &str, status: u16) {
+        let elapsed = ctx.start.elapsed();
+        let source = ctx
+            .conn
+            .peer_id
+            .as_ref()
+            .map_or_else(String::new, ToString::to_string);
+        tracing::info!(
+            target: "access",
+            direction = "inbound",
+            request_id = %ctx.request_id,
+            trace_id = %ctx.trace_id,
+            src = %ctx.conn.src,
+            peer = %source,
+            method = %ctx.method,
+            authority = %ctx.authority,
+            path = %ctx.path,
+            route,
+            status,
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+        );
+        self.inputs.metrics.request(
+            DurationLabels {
+                direction: "inbound",
+                source,
+                destination: self.inputs.cfg.service.clone(),
+                route: route.to_owned(),
+            },
+            status,
+            elapsed.as_secs_f64(),
+        );
+    }
+}
+
+/// Request headers as Cedar context: lower-case names, values joined by `, `.
+fn cedar_headers(headers: &HeaderMap) -> BTreeMap<String, String> {
+    let mut out: BTreeMap<String, String> = BTreeMap::new();
+    for (name, value) in headers {
+        if let Ok(v) = value.to_str() {
+            out.entry(name.as_str().to_owned())
+                .and_modify(|existing| {
+                    existing.push_str(", ");
+                    existing.push_str(v);
+                })
+                .or_insert_with(|| v.to_owned());
+        }
+    }
+    out
+}
