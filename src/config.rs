@@ -49,10 +49,6 @@ pub(crate) enum ConfigError {
         message: String,
     },
     /// An environment override holds a value that does not parse.
-    #[cfg_attr(
-        not(test),
-        allow(dead_code, reason = "first used by listen-address overrides")
-    )]
     #[error("environment variable `{var}`=`{value}`: {reason}")]
     Env {
         var: &'static str,

@@ -3,6 +3,9 @@
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -25,20 +28,25 @@ pub(crate) struct LogArgs {
 }
 
 /// Installs the global subscriber; logs go to stderr so stdout stays for command output.
+///
+/// It also carries `ward proxy`'s trace layer, which exports request spans once a proxy
+/// configures an OTLP endpoint; the log filter applies to log lines only.
 pub(crate) fn init(args: &LogArgs) -> anyhow::Result<()> {
     let filter = match &args.log_level {
         Some(directives) => EnvFilter::try_new(directives)
             .with_context(|| format!("invalid --log-level `{directives}`"))?,
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let installed = match args.log_format {
-        LogFormat::Text => builder
+    let lines = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let lines = match args.log_format {
+        LogFormat::Text => lines
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+            .boxed(),
+        LogFormat::Json => lines.json().flatten_event(true).boxed(),
     };
+    let installed = tracing_subscriber::registry()
+        .with(lines.with_filter(filter))
+        .with(ward_proxy::trace::layer())
+        .try_init();
     installed.map_err(|err| anyhow::anyhow!("installing the log subscriber: {err}"))
 }

@@ -49,6 +49,8 @@ pub struct Config {
     pub max_request_body: usize,
     /// The destination services the local app may call, with their endpoints and traffic policy.
     pub registry: Registry,
+    /// Trace export (off unless an OTLP endpoint is set).
+    pub tracing: TracingConfig,
 }
 
 /// Listen addresses.
@@ -111,6 +113,18 @@ pub struct AuditConfig {
     pub key: Option<PathBuf>,
     /// Refuse a request (503) when its record cannot be made durable.
     pub strict: bool,
+}
+
+/// Trace export: one span per proxied request, sent to an OpenTelemetry collector.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TracingConfig {
+    /// The collector's OTLP/gRPC endpoint, e.g. `http://127.0.0.1:4317` (plain HTTP/2, no
+    /// TLS); no spans are made when unset.
+    pub otlp_endpoint: Option<String>,
+    /// Longest time one export call may take.
+    #[serde(with = "duration")]
+    pub export_timeout: Duration,
 }
 
 /// The services the local app may call. The control plane will stream this same type.
@@ -346,6 +360,7 @@ impl Default for Config {
             app_timeout: Duration::from_secs(30),
             max_request_body: 4 * 1024 * 1024,
             registry: Registry::default(),
+            tracing: TracingConfig::default(),
         }
     }
 }
@@ -371,6 +386,7 @@ impl Config {
         if self.max_request_body == 0 {
             return Err(invalid("max_request_body", "must be at least 1"));
         }
+        self.tracing.validate()?;
         self.registry.validate()
     }
 
@@ -404,6 +420,37 @@ impl Default for AuditConfig {
             key: None,
             strict: false,
         }
+    }
+}
+
+// === impl TracingConfig ===
+
+impl Default for TracingConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            export_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl TracingConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(endpoint) = &self.otlp_endpoint {
+            let uri: http::Uri = endpoint
+                .parse()
+                .map_err(|e| invalid("tracing.otlp_endpoint", format!("not a URL: {e}")))?;
+            if uri.scheme_str() != Some("http") || uri.host().is_none() {
+                return Err(invalid(
+                    "tracing.otlp_endpoint",
+                    "must be `http://HOST:PORT` (OTLP/gRPC without TLS)",
+                ));
+            }
+        }
+        if self.export_timeout.is_zero() {
+            return Err(invalid("tracing.export_timeout", "must not be 0"));
+        }
+        Ok(())
     }
 }
 

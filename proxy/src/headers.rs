@@ -45,7 +45,7 @@ pub(crate) fn trace(headers: &HeaderMap) -> (String, String) {
         .and_then(|v| v.to_str().ok())
         .and_then(parse_traceparent);
     let (trace_id, flags) = match parsed {
-        Some((trace_id, flags)) => (trace_id.to_owned(), flags.to_owned()),
+        Some((trace_id, _, flags)) => (trace_id.to_owned(), flags.to_owned()),
         None => (ward_audit::record::random_id(), "01".to_owned()),
     };
     let span_id = format!("{:016x}", fastrand::u64(1..));
@@ -53,8 +53,9 @@ pub(crate) fn trace(headers: &HeaderMap) -> (String, String) {
     (trace_id, traceparent)
 }
 
-/// `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`, with the all-zero ids invalid.
-fn parse_traceparent(value: &str) -> Option<(&str, &str)> {
+/// `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`, with the all-zero ids invalid:
+/// the trace id, the parent id and the flags.
+pub(crate) fn parse_traceparent(value: &str) -> Option<(&str, &str, &str)> {
     let mut parts = value.split('-');
     let (version, trace_id, parent, flags) =
         (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
@@ -68,7 +69,7 @@ fn parse_traceparent(value: &str) -> Option<(&str, &str)> {
         && hex(flags, 2)
         && trace_id.bytes().any(|b| b != b'0')
         && parent.bytes().any(|b| b != b'0');
-    valid.then_some((trace_id, flags))
+    valid.then_some((trace_id, parent, flags))
 }
 
 /// Removes hop-by-hop headers, including those the `Connection` header names.

@@ -30,7 +30,7 @@ use crate::metrics::{DurationLabels, HandshakeLabels, ResultLabels};
 use crate::proxy::ProxyInputs;
 use crate::respond::{RequestError, error_response};
 use crate::serve::{accept_loop, serve_http};
-use crate::{BoxBody, BoxError, tls};
+use crate::{BoxBody, BoxError, tls, trace};
 
 /// The connection pool to the local app.
 type AppClient = Client<HttpConnector, Incoming>;
@@ -151,7 +151,8 @@ impl Inbound {
     ) -> Response<BoxBody> {
         // Phase 1: context. Identity headers from outside are never believed.
         headers::strip_hop_by_hop(req.headers_mut());
-        let ctx = ReqCtx::new(conn, &req);
+        let mut ctx = ReqCtx::new(conn, &req);
+        let span = trace::start(self.inputs.traced, &mut ctx, req.headers());
         headers::set_identity_headers(req.headers_mut(), &ctx.request_id, &ctx.traceparent, None);
         // Phase 2: normalize, decide, record.
         let (result, action) = match self.decide(&ctx, req.headers()).await {
@@ -167,6 +168,7 @@ impl Inbound {
             Err(err) => error_response(&err, &ctx.request_id),
         };
         self.log(&ctx, &action, response.status().as_u16());
+        trace::finish(&span, &action, response.status().as_u16());
         response
     }
 

@@ -12,8 +12,8 @@
 //! - **identity** ([`identity`]): the SVID and bundles from files or the Workload API,
 //!   swapped on rotation without dropping connections;
 //! - **telemetry** ([`metrics`], [`admin`]): Prometheus metrics, health, readiness and the
-//!   effective config on the admin listener, and one JSON access-log line per request
-//!   (tracing target `access`).
+//!   effective config on the admin listener, one JSON access-log line per request
+//!   (tracing target `access`), and trace spans exported with OTLP ([`trace`]).
 //!
 //! [`Proxy::build`] binds everything; [`Proxy::wait_termination`] runs it until shutdown and
 //! drains in-flight requests.
@@ -37,6 +37,7 @@ pub mod respond;
 mod serve;
 pub mod stack;
 pub mod tls;
+pub mod trace;
 pub mod traffic;
 pub mod upstream;
 
@@ -87,4 +88,7 @@ pub enum Error {
     /// A TLS configuration could not be built.
     #[error("TLS: {0}")]
     Tls(#[from] rustls::Error),
+    /// The OTLP trace exporter could not be set up.
+    #[error("tracing: {0}")]
+    Trace(#[from] trace::TraceError),
 }

@@ -29,7 +29,7 @@ use crate::respond::{RequestError, error_response};
 use crate::serve::{accept_loop, serve_http};
 use crate::stack::build_http_stack;
 use crate::traffic::{HttpService, Route, Target};
-use crate::{BoxBody, Error};
+use crate::{BoxBody, Error, trace};
 
 /// The destination services, swapped as a whole when the registry changes.
 #[derive(Debug)]
@@ -125,7 +125,8 @@ async fn request(
     req: Request<Incoming>,
 ) -> Response<BoxBody> {
     // Phase 1: context and destination.
-    let ctx = ReqCtx::new(conn, &req);
+    let mut ctx = ReqCtx::new(conn, &req);
+    let span = trace::start(inputs.traced, &mut ctx, req.headers());
     let service = ctx.host().to_owned();
     let (result, route) = match call(&inputs, &ctx, &service, req).await {
         Ok((resp, route)) => (Ok(resp), route),
@@ -142,6 +143,7 @@ async fn request(
             .or_insert(v);
     }
     log(&inputs, &ctx, &service, &route, response.status().as_u16());
+    trace::finish(&span, &route, response.status().as_u16());
     response
 }
 

@@ -23,7 +23,7 @@ use crate::ctx::ListenerKind;
 use crate::identity::{self, Identity};
 use crate::metrics::Metrics;
 use crate::outbound::Upstreams;
-use crate::{Error, admin, inbound, outbound};
+use crate::{Error, admin, inbound, outbound, trace};
 
 /// How long the audit writer gets to flush at shutdown.
 const AUDIT_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -47,6 +47,8 @@ pub struct ProxyInputs {
     pub drain: watch::Receiver<bool>,
     /// True while serving and not draining (`/ready`).
     pub ready: AtomicBool,
+    /// Whether requests get trace spans (`tracing.otlp_endpoint` is set).
+    pub(crate) traced: bool,
 }
 
 /// The addresses the listeners actually bound (port 0 becomes a real port).
@@ -68,6 +70,7 @@ pub struct Proxy {
     bound: Bound,
     drain_tx: watch::Sender<bool>,
     background: Vec<JoinHandle<()>>,
+    exporter: Option<trace::Exporter>,
 }
 
 // === impl Proxy ===
@@ -87,6 +90,8 @@ impl Proxy {
     pub async fn build(cfg: Config) -> Result<Self, Error> {
         cfg.validate()?;
         ward_identity::install_crypto_provider();
+        let exporter = trace::Exporter::install(&cfg)?;
+        let traced = cfg.tracing.otlp_endpoint.is_some();
         let mut background = Vec::new();
         let identity = match &cfg.identity {
             IdentityConfig::Files(files) => Identity::from_files(files)?,
@@ -139,6 +144,7 @@ impl Proxy {
             upstreams,
             drain,
             ready: AtomicBool::new(false),
+            traced,
         });
         Ok(Self {
             inputs,
@@ -146,6 +152,7 @@ impl Proxy {
             bound,
             drain_tx,
             background,
+            exporter,
         })
     }
 
@@ -160,13 +167,14 @@ impl Proxy {
     }
 
     /// Serves until `shutdown` completes, then drains (up to `drain_timeout`) and flushes the
-    /// audit log.
+    /// audit log and the trace exporter.
     pub async fn wait_termination(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
         let Self {
             inputs,
             listeners,
             drain_tx,
             background,
+            exporter,
             ..
         } = self;
         let mut loops = JoinSet::new();
@@ -191,6 +199,9 @@ impl Proxy {
             Ok(Ok(_)) => {}
             Ok(Err(err)) => tracing::error!(error = %err, "flushing the audit log"),
             Err(_) => tracing::error!("flushing the audit log timed out"),
+        }
+        if let Some(exporter) = exporter {
+            exporter.shutdown().await;
         }
         for task in background {
             task.abort();

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use crate::config::{EndpointEntry, Registry, ServiceEntry, TrafficPolicy};
 
 mod mesh;
+mod otlp;
 mod traffic;
 
 const MOBILE: &str = "spiffe://ward.local/ns/mobile/sa/mobile-gateway";

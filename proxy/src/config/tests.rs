@@ -143,3 +143,30 @@ fn validation_names_the_field() {
         }
     }
 }
+
+#[test]
+fn tracing_is_off_by_default_and_takes_a_plain_grpc_endpoint() {
+    assert_eq!(parse(FULL).tracing, TracingConfig::default());
+    assert_eq!(TracingConfig::default().otlp_endpoint, None);
+    let with = |tracing: &str| parse(&format!("{FULL}tracing: {tracing}\n"));
+    let cfg = with(r#"{ otlp_endpoint: "http://127.0.0.1:4317", export_timeout: 2s }"#);
+    cfg.validate().unwrap();
+    assert_eq!(cfg.tracing.export_timeout, Duration::from_secs(2));
+    for bad in [
+        r#"{ otlp_endpoint: "https://collector:4317" }"#,
+        r#"{ otlp_endpoint: "127.0.0.1:4317" }"#,
+        r#"{ otlp_endpoint: "not a url" }"#,
+    ] {
+        match with(bad).validate() {
+            Err(ConfigError::Invalid { field, .. }) => {
+                assert_eq!(field, "tracing.otlp_endpoint", "{bad}")
+            }
+            other => panic!("{bad}: {other:?}"),
+        }
+    }
+    let err = serde_norway::from_str::<Config>("tracing: { endpoint: x }\n").unwrap_err();
+    assert!(
+        err.to_string().contains("unknown field `endpoint`"),
+        "{err}"
+    );
+}
