@@ -33,7 +33,8 @@ pub(crate) enum Command {
     #[command(subcommand)]
     Policy(crate::cmd::policy::PolicyCommand),
     /// Serve authorization decisions: Envoy ext_authz gRPC and the JSON check API.
-    Authz(Pending),
+    #[command(subcommand)]
+    Authz(crate::cmd::authz::AuthzCommand),
     /// Run one workload's mTLS proxy (inbound and outbound).
     Proxy(crate::cmd::proxy::ProxyArgs),
     /// Run an ingress, egress or east-west gateway.

@@ -6,6 +6,7 @@ use crate::cli::Command;
 
 pub(crate) mod agent;
 pub(crate) mod audit;
+pub(crate) mod authz;
 pub(crate) mod ca;
 mod config_check;
 pub(crate) mod policy;
@@ -20,7 +21,7 @@ pub(crate) async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Ca(cmd) => ca::run(cmd),
         Command::Agent(args) => agent::run(args).await,
         Command::Policy(cmd) => policy::run(cmd),
-        Command::Authz(_) => pending("authz"),
+        Command::Authz(cmd) => authz::run(cmd).await,
         Command::Proxy(args) => proxy::run(args).await,
         Command::Gateway(_) => pending("gateway"),
         Command::Audit(cmd) => audit::run(cmd).await,

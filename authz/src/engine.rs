@@ -19,6 +19,7 @@ use crate::slice::{self, Outcome, PolicyIndex};
 
 mod prepare;
 mod resolve;
+mod scope;
 
 pub(crate) use prepare::Prepared;
 
@@ -41,6 +42,13 @@ pub struct Snapshot {
     revision: Arc<str>,
     sources: HashMap<PolicyId, Location>,
     warnings: Vec<Problem>,
+    /// How a request's small entity store is built; `None`: use the full store.
+    pub(crate) scope: Option<scope::EntityScope>,
+    /// Whether any policy mentions `source_ip`; when none does, requests leave the optional
+    /// attribute out (building an `ipaddr` value is a good part of a request's cost).
+    pub(crate) reads_source_ip: bool,
+    /// Whether requests of a shape conform to the schema (see `Snapshot::request`).
+    pub(crate) conforming: scope::Cache<prepare::ShapeKey, Result<(), String>>,
 }
 
 /// The answer to a request. A deny is a value, not an error.
@@ -144,7 +152,7 @@ impl Snapshot {
         let model = Model::new()?;
         let loaded = repo::load(dir, &model)?;
         let index = PolicyIndex::build(&loaded.policies, &loaded.schema)?;
-        Ok(Self {
+        let mut snapshot = Self {
             model,
             index,
             schema: loaded.schema,
@@ -155,7 +163,21 @@ impl Snapshot {
             revision: loaded.revision.into(),
             sources: loaded.sources.into_iter().collect(),
             warnings: loaded.warnings,
-        })
+            scope: None,
+            reads_source_ip: true,
+            conforming: scope::Cache::new(),
+        };
+        snapshot.reads_source_ip = snapshot
+            .policies
+            .policies()
+            .any(|p| p.to_string().contains("source_ip"));
+        snapshot.scope = scope::EntityScope::build(
+            &snapshot.policies,
+            &snapshot.entities,
+            &snapshot.schema,
+            snapshot.probe_entities(),
+        );
+        Ok(snapshot)
     }
 
     /// The revision: a git commit (`-dirty-…` when uncommitted changes exist) or a content hash.

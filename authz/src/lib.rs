@@ -7,6 +7,12 @@
 //! - mapping a request (workload or end user, method, path, service) to a Cedar request
 //!   ([`Request`], [`HttpRequest`], [`RequestSpec`]) and deciding it ([`PolicyEngine`],
 //!   [`Decision`]), evaluating only the policies whose scope can apply;
+//! - applying decisions per service mode (`enforce` or `dry-run`) and evaluating a candidate
+//!   revision in shadow, with an audit record for every decision ([`Authorizer`], [`Modes`]);
+//! - serving decisions: Envoy's ext_authz gRPC API ([`ext_authz`]), a JSON check API
+//!   ([`check_api`]), hot reload of the policy directories ([`reload`]) and the service that
+//!   ties them together ([`server`]);
+//! - counting decisions, reloads and shadow disagreements ([`Metrics`]);
 //! - the policy author's toolchain: tests ([`policy_test`]), explanations ([`explain`]) and
 //!   formatting ([`mod@format`]).
 //!
@@ -15,20 +21,32 @@
 
 #![warn(missing_docs)]
 
+mod authorizer;
+pub mod check_api;
 mod engine;
 mod error;
 pub mod explain;
+pub mod ext_authz;
 pub mod format;
+pub mod metrics;
 mod model;
+mod modes;
 pub mod path;
 pub mod policy_test;
+pub mod reload;
 mod repo;
 mod request;
 mod route;
+pub mod server;
 mod slice;
+#[cfg(test)]
+mod test_util;
 
+pub use authorizer::{Authorizer, Enforcement};
 pub use engine::{Decision, EvalError, PolicyEngine, Snapshot};
 pub use error::{Error, Location, Problem, Problems};
+pub use metrics::Metrics;
+pub use modes::{Mode, Modes};
 pub use path::{NormalizeOptions, NormalizedPath, PathError};
 pub use repo::SCHEMA_FILE;
 pub use request::{

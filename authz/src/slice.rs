@@ -3,13 +3,16 @@
 //!
 //! Each policy goes into exactly one bucket, chosen in this order:
 //!
-//! 1. `principal == E` → the bucket of principal `E`;
-//! 2. else `resource == E` → the bucket of resource `E`;
-//! 3. else `action == A` or `action in [A, …]` → the bucket of every action the scope admits
+//! 1. `principal == P` and `resource == R` → the bucket of the pair `(P, R)` (the usual
+//!    "this workload may call that service" permit);
+//! 2. else `principal == E` → the bucket of principal `E`;
+//! 3. else `resource == E` → the bucket of resource `E`;
+//! 4. else `action == A` or `action in [A, …]` → the bucket of every action the scope admits
 //!    (the action hierarchy is fixed by the schema, so `in` is expanded exactly);
-//! 4. else (no scope, or only `in` / `is` on principal and resource) → always evaluated.
+//! 5. else (no scope, or only `in` / `is` on principal and resource) → always evaluated.
 //!
-//! A request evaluates its principal's, resource's and action's buckets plus the always bucket.
+//! A request evaluates its pair's, principal's, resource's and action's buckets plus the
+//! always bucket.
 //! A policy left out has an `==` (or an action set) in its scope that the request does not
 //! satisfy; Cedar evaluates the scope before the condition and stops at the first false
 //! conjunct, so such a policy could neither be satisfied nor raise an error. The decision and
@@ -35,6 +38,7 @@ use crate::error::Error;
 /// The policy set, bucketed by scope.
 #[derive(Debug, Default)]
 pub(crate) struct PolicyIndex {
+    by_pair: HashMap<(EntityUid, EntityUid), PolicySet>,
     by_principal: HashMap<EntityUid, PolicySet>,
     by_resource: HashMap<EntityUid, PolicySet>,
     by_action: HashMap<EntityUid, PolicySet>,
@@ -52,6 +56,7 @@ pub(crate) struct Outcome {
 }
 
 enum Bucket {
+    Pair(EntityUid, EntityUid),
     Principal(EntityUid),
     Resource(EntityUid),
     Actions(Vec<EntityUid>),
@@ -73,6 +78,7 @@ impl PolicyIndex {
                     .map_err(|e| Error::bug(format!("indexing policy `{}`: {e}", policy.id())))
             };
             match bucket(policy, &actions) {
+                Bucket::Pair(p, r) => add(index.by_pair.entry((p, r)).or_default())?,
                 Bucket::Principal(uid) => add(index.by_principal.entry(uid).or_default())?,
                 Bucket::Resource(uid) => add(index.by_resource.entry(uid).or_default())?,
                 Bucket::Actions(uids) => {
@@ -93,7 +99,12 @@ impl PolicyIndex {
         action: &EntityUid,
         resource: &EntityUid,
     ) -> impl Iterator<Item = &'a PolicySet> {
+        // Most requests find no pair bucket; skip building the key's clones then.
+        let pair = (!self.by_pair.is_empty())
+            .then(|| self.by_pair.get(&(principal.clone(), resource.clone())))
+            .flatten();
         [
+            pair,
             self.by_principal.get(principal),
             self.by_resource.get(resource),
             self.by_action.get(action),
@@ -111,11 +122,11 @@ impl PolicyIndex {
 }
 
 fn bucket(policy: &Policy, actions: &Entities) -> Bucket {
-    if let PrincipalConstraint::Eq(uid) = policy.principal_constraint() {
-        return Bucket::Principal(uid);
-    }
-    if let ResourceConstraint::Eq(uid) = policy.resource_constraint() {
-        return Bucket::Resource(uid);
+    match (policy.principal_constraint(), policy.resource_constraint()) {
+        (PrincipalConstraint::Eq(p), ResourceConstraint::Eq(r)) => return Bucket::Pair(p, r),
+        (PrincipalConstraint::Eq(p), _) => return Bucket::Principal(p),
+        (_, ResourceConstraint::Eq(r)) => return Bucket::Resource(r),
+        _ => {}
     }
     match policy.action_constraint() {
         ActionConstraint::Eq(uid) => Bucket::Actions(vec![uid]),

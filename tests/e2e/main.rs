@@ -9,6 +9,7 @@
 
 mod agent;
 mod audit;
+mod authz;
 mod ca;
 mod cli;
 mod policy;

@@ -7,7 +7,7 @@ use std::str::FromStr;
 use cedar_policy::{Policy, PolicyId, PolicySet, Schema, ValidationMode, Validator};
 
 use super::{SourceFile, diagnostic_problem, find_from};
-use crate::error::{Location, Problem};
+use crate::error::{LineIndex, Location, Problem};
 
 /// The annotation that names a policy.
 pub(crate) const ID_ANNOTATION: &str = "id";
@@ -23,6 +23,7 @@ struct ParsedPolicy {
     policy: Policy,
     file: SourceFile,
     offset: usize,
+    location: Location,
 }
 
 // === impl Parsed ===
@@ -32,12 +33,7 @@ impl Parsed {
     pub(crate) fn sources(&self) -> Vec<(PolicyId, Location)> {
         self.policies
             .iter()
-            .map(|p| {
-                (
-                    p.policy.id().clone(),
-                    Location::at(&p.file.path, &p.file.text, p.offset),
-                )
-            })
+            .map(|p| (p.policy.id().clone(), p.location.clone()))
             .collect()
     }
 }
@@ -71,11 +67,12 @@ pub(crate) fn parse(files: &[SourceFile], problems: &mut Vec<Problem>) -> Parsed
                 .unwrap_or(usize::MAX)
         });
         let mut cursor = 0;
+        let lines = LineIndex::new(&file.text);
         for policy in policies {
             let text = policy.to_cedar().unwrap_or_default();
             let offset = find_from(&file.text, &text, cursor).unwrap_or(cursor);
             cursor = offset + text.len();
-            let location = Location::at(&file.path, &file.text, offset);
+            let location = lines.location(&file.path, &file.text, offset);
             let id = match policy.annotation(ID_ANNOTATION) {
                 Some(id) if !id.trim().is_empty() => id.to_owned(),
                 Some(_) => {
@@ -97,11 +94,12 @@ pub(crate) fn parse(files: &[SourceFile], problems: &mut Vec<Problem>) -> Parsed
                 ));
                 continue;
             }
-            seen.insert(id.clone(), location);
+            seen.insert(id.clone(), location.clone());
             parsed.policies.push(ParsedPolicy {
                 policy: policy.new_id(PolicyId::new(id)),
                 file: file.clone(),
                 offset,
+                location,
             });
         }
     }

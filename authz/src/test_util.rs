@@ -1,0 +1,30 @@
+//! Helpers for this crate's unit tests: the demo policy repository and copies of it.
+
+use std::path::{Path, PathBuf};
+
+/// The example repository at the workspace root (`policies/`).
+pub(crate) fn demo_dir() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../policies"))
+}
+
+/// Copies the directory tree `from` into `to`.
+pub(crate) fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// A temporary copy of the demo repository, without its `tests/` (edits would break them).
+pub(crate) fn demo_copy() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&demo_dir(), dir.path());
+    std::fs::remove_dir_all(dir.path().join("tests")).unwrap();
+    dir
+}
