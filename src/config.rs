@@ -165,5 +165,51 @@ where
     Ok(())
 }
 
+/// Reads a humantime duration such as `500ms`, `10s` or `1m` (`deserialize_with` helper).
+pub(crate) fn duration<'de, D>(deserializer: D) -> Result<std::time::Duration, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    deserializer.deserialize_str(DurationVisitor {
+        min: std::time::Duration::ZERO,
+    })
+}
+
+/// Like [`duration`], refusing anything shorter than one second.
+pub(crate) fn duration_at_least_1s<'de, D>(deserializer: D) -> Result<std::time::Duration, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    deserializer.deserialize_str(DurationVisitor {
+        min: std::time::Duration::from_secs(1),
+    })
+}
+
+// A visitor rather than `String::deserialize` plus a check: errors raised while the parser is
+// on the value carry its line, column and field path.
+struct DurationVisitor {
+    min: std::time::Duration,
+}
+
+impl serde::de::Visitor<'_> for DurationVisitor {
+    type Value = std::time::Duration;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a duration such as `500ms`, `30s` or `1h`")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Self::Value, E> {
+        let value = humantime::parse_duration(text)
+            .map_err(|e| E::custom(format!("invalid duration `{text}`: {e}")))?;
+        if value < self.min {
+            return Err(E::custom(format!(
+                "duration `{text}` is shorter than {}",
+                humantime::format_duration(self.min)
+            )));
+        }
+        Ok(value)
+    }
+}
+
 #[cfg(test)]
 mod tests;

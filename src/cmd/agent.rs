@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 use tokio::signal::unix::{SignalKind, signal};
 use ward_identity::Ca;
 use ward_identity::ca::{DEFAULT_JWT_TTL, DEFAULT_SVID_TTL};
@@ -53,10 +53,10 @@ pub(crate) struct AgentConfig {
     /// The registration entries file; `<data_dir>/entries.yaml` when unset.
     pub(crate) entries: Option<PathBuf>,
     /// Lifetime of X.509-SVIDs whose entry sets no `ttl`.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "config::duration_at_least_1s")]
     pub(crate) default_ttl: Duration,
     /// Longest lifetime of a JWT-SVID.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "config::duration_at_least_1s")]
     pub(crate) jwt_ttl: Duration,
 }
 
@@ -111,32 +111,6 @@ impl AgentConfig {
             jwt_ttl: self.jwt_ttl,
         }
     }
-}
-
-/// Reads a humantime duration such as `90s`, `30m` or `1h` (at least 1s).
-fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
-    // A visitor rather than `String::deserialize` + a check: errors raised while the parser is
-    // on the value get its line, column and field path.
-    struct DurationVisitor;
-
-    impl serde::de::Visitor<'_> for DurationVisitor {
-        type Value = Duration;
-
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("a duration such as `90s`, `30m` or `1h`")
-        }
-
-        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Duration, E> {
-            let value = humantime::parse_duration(text)
-                .map_err(|e| E::custom(format!("invalid duration `{text}`: {e}")))?;
-            if value < Duration::from_secs(1) {
-                return Err(E::custom(format!("duration `{text}` is shorter than 1s")));
-            }
-            Ok(value)
-        }
-    }
-
-    deserializer.deserialize_str(DurationVisitor)
 }
 
 /// Runs `ward agent`.

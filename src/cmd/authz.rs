@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 use tokio::signal::unix::{SignalKind, signal};
 use ward_audit::{AuditKey, Auditor, Store};
 use ward_authz::reload::Reloader;
@@ -81,7 +81,7 @@ pub(crate) struct AuthzConfig {
     /// This node's name in audit records (its hash chain); `authz-<hostname>` when unset.
     pub(crate) node: Option<String>,
     /// How long in-flight requests may take after SIGTERM.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "config::duration")]
     pub(crate) drain_timeout: Duration,
     /// Reload when a policy directory changes (SIGHUP always reloads).
     pub(crate) watch: bool,
@@ -164,26 +164,6 @@ fn default_node() -> String {
         "" => "authz".to_owned(),
         host => format!("authz-{host}"),
     }
-}
-
-/// Reads a humantime duration such as `500ms`, `10s` or `1m`.
-fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
-    struct DurationVisitor;
-
-    impl serde::de::Visitor<'_> for DurationVisitor {
-        type Value = Duration;
-
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("a duration such as `500ms`, `10s` or `1m`")
-        }
-
-        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Duration, E> {
-            humantime::parse_duration(text)
-                .map_err(|e| E::custom(format!("invalid duration `{text}`: {e}")))
-        }
-    }
-
-    deserializer.deserialize_str(DurationVisitor)
 }
 
 /// Runs `ward authz …`.
