@@ -13,9 +13,9 @@ use tower::timeout::TimeoutLayer;
 
 use crate::BoxError;
 use crate::respond::RequestError;
-use crate::traffic::breaker::BreakerLayer;
-use crate::traffic::fault::FaultLayer;
-use crate::traffic::mirror::MirrorLayer;
+use crate::traffic::breaker::Breaker;
+use crate::traffic::fault::Fault;
+use crate::traffic::mirror::Mirror;
 use crate::traffic::retry::RetryPolicy;
 use crate::traffic::{Balance, HttpService, Target};
 
@@ -25,16 +25,16 @@ pub fn build_http_stack(target: &Arc<Target>) -> HttpService {
     let stack = ServiceBuilder::new()
         // Fault injection first: an injected abort or delay stands for the whole upstream
         // failing, so it must not be retried, spend retry budget or hold a breaker slot.
-        .layer(FaultLayer::new(target.clone()))
+        .layer(Fault::layer(target.clone()))
         // Mirroring next: the shadow copy is the call as the app made it, sent once, never
         // retried, and it never delays the real call.
-        .layer(MirrorLayer::new(target.clone()))
+        .layer(Mirror::layer(target.clone()))
         // The request timeout bounds everything below: waiting for a breaker slot, every
         // attempt and every backoff; when it fires the caller gets 504.
         .layer(TimeoutLayer::new(target.policy.timeout))
         // The breaker sits above retries so that one call holds one slot however many times
         // it is tried: `max_requests` limits calls, and the budget below limits retries.
-        .layer(BreakerLayer::new(target.clone()))
+        .layer(Breaker::layer(target.clone()))
         // Retries: only the configured conditions, jittered backoff, paid from the service's
         // budget. Each retry goes back through the balancer and may pick another endpoint.
         .layer(RetryLayer::new(RetryPolicy::new(target.clone())))

@@ -14,13 +14,6 @@ use crate::BoxError;
 use crate::metrics::DestinationLabels;
 use crate::respond::RequestError;
 
-/// Builds [`Breaker`]s for one target.
-#[derive(Debug, Clone)]
-pub struct BreakerLayer {
-    target: Arc<Target>,
-    pending: Arc<AtomicUsize>,
-}
-
 /// Admits a call when a `max_requests` slot is free, queues up to `max_pending`, refuses the rest.
 #[derive(Debug, Clone)]
 pub struct Breaker<S> {
@@ -29,31 +22,20 @@ pub struct Breaker<S> {
     pending: Arc<AtomicUsize>,
 }
 
-// === impl BreakerLayer ===
-
-impl BreakerLayer {
-    /// The breaker of `target`.
-    pub fn new(target: Arc<Target>) -> Self {
-        Self {
-            target,
-            pending: Arc::new(AtomicUsize::new(0)),
-        }
-    }
-}
-
-impl<S> tower::Layer<S> for BreakerLayer {
-    type Service = Breaker<S>;
-
-    fn layer(&self, inner: S) -> Breaker<S> {
-        Breaker {
-            inner,
-            target: self.target.clone(),
-            pending: self.pending.clone(),
-        }
-    }
-}
-
 // === impl Breaker ===
+
+impl Breaker<()> {
+    /// The layer that wraps a service in a breaker for `target`; its services share one
+    /// pending-call counter.
+    pub fn layer<S>(target: Arc<Target>) -> impl tower::Layer<S, Service = Breaker<S>> + Clone {
+        let pending = Arc::new(AtomicUsize::new(0));
+        tower::layer::layer_fn(move |inner| Breaker {
+            inner,
+            target: target.clone(),
+            pending: pending.clone(),
+        })
+    }
+}
 
 impl<S> tower::Service<HttpRequest> for Breaker<S>
 where

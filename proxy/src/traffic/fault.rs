@@ -11,12 +11,6 @@ use crate::BoxError;
 use crate::metrics::DestinationLabels;
 use crate::respond::RequestError;
 
-/// Builds [`Fault`]s for one target.
-#[derive(Debug, Clone)]
-pub struct FaultLayer {
-    target: Arc<Target>,
-}
-
 /// Delays or aborts a share of calls before passing the rest on.
 #[derive(Debug, Clone)]
 pub struct Fault<S> {
@@ -24,27 +18,17 @@ pub struct Fault<S> {
     target: Arc<Target>,
 }
 
-// === impl FaultLayer ===
-
-impl FaultLayer {
-    /// The faults of `target`'s policy.
-    pub fn new(target: Arc<Target>) -> Self {
-        Self { target }
-    }
-}
-
-impl<S> tower::Layer<S> for FaultLayer {
-    type Service = Fault<S>;
-
-    fn layer(&self, inner: S) -> Fault<S> {
-        Fault {
-            inner,
-            target: self.target.clone(),
-        }
-    }
-}
-
 // === impl Fault ===
+
+impl Fault<()> {
+    /// The layer that wraps a service in a fault for `target`.
+    pub fn layer<S>(target: Arc<Target>) -> impl tower::Layer<S, Service = Fault<S>> + Clone {
+        tower::layer::layer_fn(move |inner| Fault {
+            inner,
+            target: target.clone(),
+        })
+    }
+}
 
 impl<S> tower::Service<HttpRequest> for Fault<S>
 where

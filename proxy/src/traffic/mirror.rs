@@ -11,12 +11,6 @@ use super::{BoxFuture, HttpRequest, HttpResponse, Target, clone_request};
 use crate::BoxError;
 use crate::metrics::DestinationLabels;
 
-/// Builds [`Mirror`]s for one target.
-#[derive(Debug, Clone)]
-pub struct MirrorLayer {
-    target: Arc<Target>,
-}
-
 /// Sends a copy of a share of calls to the mirror subset, then passes the call on.
 #[derive(Debug, Clone)]
 pub struct Mirror<S> {
@@ -24,27 +18,17 @@ pub struct Mirror<S> {
     target: Arc<Target>,
 }
 
-// === impl MirrorLayer ===
-
-impl MirrorLayer {
-    /// The mirror of `target`'s policy.
-    pub fn new(target: Arc<Target>) -> Self {
-        Self { target }
-    }
-}
-
-impl<S> tower::Layer<S> for MirrorLayer {
-    type Service = Mirror<S>;
-
-    fn layer(&self, inner: S) -> Mirror<S> {
-        Mirror {
-            inner,
-            target: self.target.clone(),
-        }
-    }
-}
-
 // === impl Mirror ===
+
+impl Mirror<()> {
+    /// The layer that wraps a service in a mirror for `target`.
+    pub fn layer<S>(target: Arc<Target>) -> impl tower::Layer<S, Service = Mirror<S>> + Clone {
+        tower::layer::layer_fn(move |inner| Mirror {
+            inner,
+            target: target.clone(),
+        })
+    }
+}
 
 impl<S> tower::Service<HttpRequest> for Mirror<S>
 where
