@@ -185,6 +185,11 @@ impl Ca {
 
     /// Loads the CA in `dir` and refreshes the derived PEM/JWKS files.
     pub fn load(dir: &Path) -> Result<Self, CaError> {
+        Ok(Self::load_with_state(dir)?.0)
+    }
+
+    /// Loads the CA and also returns the state it was built from.
+    fn load_with_state(dir: &Path) -> Result<(Self, State), CaError> {
         let path = dir.join(STATE_FILE);
         let text = read_private(&path).map_err(|e| match e {
             CaError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
@@ -205,7 +210,7 @@ impl Ca {
             other => corrupt(other.to_string()),
         })?;
         ca.write_derived_files()?;
-        Ok(ca)
+        Ok((ca, state))
     }
 
     /// Replaces the root (or, under an upstream, the intermediate) and the JWT key; the old
@@ -216,13 +221,7 @@ impl Ca {
             ttl,
             upstream,
         } = opts;
-        let current = Self::load(dir)?;
-        let path = dir.join(STATE_FILE);
-        let old: State =
-            serde_json::from_str(&read_private(&path)?).map_err(|e| CaError::Corrupt {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?;
+        let (current, old) = Self::load_with_state(dir)?;
         let self_signed = old.upstream_chain.is_empty() && old.root == old.ca_cert;
         if !self_signed && upstream.is_none() {
             return Err(CaError::Upstream(
