@@ -277,8 +277,10 @@ fn us(d: Duration) -> String {
 fn latency_table(fixtures: &[Fixture]) {
     println!();
     println!("Decision latency, individually timed (µs):");
-    println!("| policies | global | mode | decisions | p50 | p99 | p99.9 | max | mean |");
-    println!("| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!(
+        "| policies | global forbids | allowed | load (ms) | mode | decisions | p50 | p99 | p99.9 | max | mean |"
+    );
+    println!("| ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |");
     for f in fixtures {
         let n = f.snapshot.policy_count();
         for (mode, sliced) in [("sliced", true), ("unsliced", false)] {

@@ -208,6 +208,12 @@ impl Snapshot {
         self.index.always_len()
     }
 
+    /// Number of policies evaluated only when their guard passes (`slice/guard.rs`).
+    #[cfg(test)]
+    pub(crate) fn guarded_policy_count(&self) -> usize {
+        self.index.guarded_len()
+    }
+
     /// Validator warnings; they do not reject the set.
     pub fn warnings(&self) -> &[Problem] {
         &self.warnings
@@ -223,7 +229,8 @@ impl Snapshot {
         let start = Instant::now();
         let outcome = match self.prepare(request) {
             Ok(p) => slice::evaluate(
-                self.index.candidates(&p.principal, &p.action, &p.resource),
+                self.index
+                    .candidates(&p.principal, &p.action, &p.resource, &request.context),
                 &p.request,
                 &p.entities,
             ),

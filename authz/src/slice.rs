@@ -19,7 +19,11 @@
 //! the determining policies are therefore those of the whole set; `slice/tests.rs` checks that
 //! on thousands of generated requests.
 //!
-//! Each bucket is evaluated as its own Cedar policy set and the results are combined with
+//! Within a bucket, policies whose condition starts with a cheap test on the context (a
+//! [`Guard`], e.g. `context.path like "/admin/*"`) are grouped by that test and evaluated only
+//! when it passes; see `slice/guard.rs` for why that cannot change a decision.
+//!
+//! Each evaluated group is its own Cedar policy set and the results are combined with
 //! Cedar's rules: any satisfied `forbid` denies (and the satisfied forbids are the reasons);
 //! otherwise any evaluation error denies (with no reasons; fail closed); otherwise any
 //! satisfied `permit` allows (the satisfied permits are the reasons); otherwise deny with no
@@ -34,15 +38,28 @@ use cedar_policy::{
 
 use crate::engine::EvalError;
 use crate::error::Error;
+use crate::request::RequestContext;
+
+mod guard;
+
+use guard::Guard;
 
 /// The policy set, bucketed by scope.
 #[derive(Debug, Default)]
 pub(crate) struct PolicyIndex {
-    by_pair: HashMap<(EntityUid, EntityUid), PolicySet>,
-    by_principal: HashMap<EntityUid, PolicySet>,
-    by_resource: HashMap<EntityUid, PolicySet>,
-    by_action: HashMap<EntityUid, PolicySet>,
-    always: PolicySet,
+    by_pair: HashMap<(EntityUid, EntityUid), Sets>,
+    by_principal: HashMap<EntityUid, Sets>,
+    by_resource: HashMap<EntityUid, Sets>,
+    by_action: HashMap<EntityUid, Sets>,
+    always: Sets,
+}
+
+/// One bucket's policies: those evaluated whenever the bucket applies, and those grouped by
+/// the guard that must pass first.
+#[derive(Debug, Default)]
+struct Sets {
+    plain: PolicySet,
+    guarded: HashMap<Guard, PolicySet>,
 }
 
 /// The combined result of evaluating one or more policy sets.
@@ -73,10 +90,8 @@ impl PolicyIndex {
             .map_err(|e| Error::bug(format!("schema action entities: {e}")))?;
         let mut index = Self::default();
         for policy in policies.policies() {
-            let add = |set: &mut PolicySet| {
-                set.add(policy.clone())
-                    .map_err(|e| Error::bug(format!("indexing policy `{}`: {e}", policy.id())))
-            };
+            let guard = policy.to_json().ok().and_then(|est| Guard::of_policy(&est));
+            let add = |sets: &mut Sets| sets.add(policy, guard.clone());
             match bucket(policy, &actions) {
                 Bucket::Pair(p, r) => add(index.by_pair.entry((p, r)).or_default())?,
                 Bucket::Principal(uid) => add(index.by_principal.entry(uid).or_default())?,
@@ -92,12 +107,14 @@ impl PolicyIndex {
         Ok(index)
     }
 
-    /// The non-empty buckets a request for `(principal, action, resource)` must evaluate.
+    /// The non-empty policy sets a request for `(principal, action, resource)` with `context`
+    /// must evaluate.
     pub(crate) fn candidates<'a>(
         &'a self,
         principal: &EntityUid,
         action: &EntityUid,
         resource: &EntityUid,
+        context: &'a RequestContext,
     ) -> impl Iterator<Item = &'a PolicySet> {
         // Most requests find no pair bucket; skip building the key's clones then.
         let pair = (!self.by_pair.is_empty())
@@ -112,12 +129,57 @@ impl PolicyIndex {
         ]
         .into_iter()
         .flatten()
-        .filter(|set| !set.is_empty())
+        .flat_map(move |sets| sets.admitted(context))
     }
 
-    /// How many policies are always evaluated.
+    /// How many policies are evaluated whatever the scope of the request (guarded or not).
     pub(crate) fn always_len(&self) -> usize {
-        self.always.num_of_policies()
+        self.always.plain.num_of_policies()
+            + self
+                .always
+                .guarded
+                .values()
+                .map(PolicySet::num_of_policies)
+                .sum::<usize>()
+    }
+
+    /// How many policies, in all buckets, are evaluated only when their guard passes.
+    #[cfg(test)]
+    pub(crate) fn guarded_len(&self) -> usize {
+        [&self.always]
+            .into_iter()
+            .chain(self.by_pair.values())
+            .chain(self.by_principal.values())
+            .chain(self.by_resource.values())
+            .chain(self.by_action.values())
+            .flat_map(|sets| sets.guarded.values())
+            .map(PolicySet::num_of_policies)
+            .sum()
+    }
+}
+
+// === impl Sets ===
+
+impl Sets {
+    fn add(&mut self, policy: &Policy, guard: Option<Guard>) -> Result<(), Error> {
+        let set = match guard {
+            Some(g) => self.guarded.entry(g).or_default(),
+            None => &mut self.plain,
+        };
+        set.add(policy.clone())
+            .map_err(|e| Error::bug(format!("indexing policy `{}`: {e}", policy.id())))
+    }
+
+    /// The non-empty sets to evaluate for a request with `context`.
+    fn admitted<'a>(&'a self, context: &'a RequestContext) -> impl Iterator<Item = &'a PolicySet> {
+        std::iter::once(&self.plain)
+            .chain(
+                self.guarded
+                    .iter()
+                    .filter(|(guard, _)| guard.admits(context))
+                    .map(|(_, set)| set),
+            )
+            .filter(|set| !set.is_empty())
     }
 }
 

@@ -135,6 +135,19 @@ fn condition(rng: &mut Rng, service: bool) -> String {
         ),
         // Overflows (an evaluation error) for large times.
         " when { context.time * 1000000000000 > 5 }".to_owned(),
+        // Guarded shapes (slice/guard.rs): a cheap first test, then anything.
+        format!(
+            " when {{ context.method == {:?} && context.time * 1000000000000 > 5 }}",
+            rng.pick(&["GET", "POST", "DELETE"])
+        ),
+        format!(
+            " when {{ context.path like {:?} && context.mtls }}",
+            rng.pick(&["/admin*", "/orders/*", "*s", "/*/x"])
+        ),
+        " when { !context.mtls }".to_owned(),
+        " unless { context.host == \"orders-api\" }".to_owned(),
+        " when { context has user }".to_owned(),
+        " when { context.mtls == false || context.path == \"/\" }".to_owned(),
         if service {
             format!(
                 " when {{ resource.labels.contains({:?}) }}",
@@ -194,8 +207,9 @@ fn request(rng: &mut Rng) -> Request {
         Resource::Service(rng.pick(&SERVICES).to_string())
     };
     let mut context = RequestContext {
-        method: "GET".to_owned(),
+        method: rng.pick(&["GET", "POST", "DELETE"]).to_string(),
         path: rng.pick(&PATHS).to_string(),
+        host: rng.pick(&["orders-api", "other"]).to_string(),
         mtls: rng.chance(80),
         // A huge time makes `context.time * 1000000000000` overflow: an evaluation error.
         time: if rng.chance(10) {
@@ -274,6 +288,13 @@ fn sliced_and_unsliced_evaluation_agree() {
         snapshot.unsliced_policy_count() < snapshot.policy_count() / 2,
         "most generated policies should be sliced: {} of {}",
         snapshot.unsliced_policy_count(),
+        snapshot.policy_count()
+    );
+    // Guarded policies must be common enough for the comparison to cover them.
+    assert!(
+        snapshot.guarded_policy_count() > 40,
+        "guarded: {} of {}",
+        snapshot.guarded_policy_count(),
         snapshot.policy_count()
     );
     let (mut allows, mut forbidden, mut errored) = (0, 0, 0);
