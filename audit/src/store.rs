@@ -1,7 +1,8 @@
 //! Where records land: SQLite (default), PostgreSQL, or an append-only JSONL file.
 //!
 //! Both databases go through sqlx's `Any` driver with SQL that both dialects accept, so there
-//! is one code path and one set of queries; each store kind has its own migrations.
+//! is one code path and one set of queries; each store kind has its own migrations. The one
+//! exception is inserting records into SQLite, which has a native path of its own (`sqlite`).
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -16,11 +17,11 @@ use crate::Error;
 use crate::chain::{ChainedRecord, Checkpoint, CheckpointKind};
 use crate::record::AuditRecord;
 
+mod sqlite;
+
 // Rows per INSERT statement on PostgreSQL: far below its parameter limit (17 × 100 = 1,700)
 // and enough to amortize a network round trip.
 const ROWS_PER_INSERT: usize = 100;
-// Rows per JSON-unpacking INSERT on SQLite.
-const SQLITE_ROWS_PER_INSERT: usize = 1_000;
 const COLUMNS: &str = "chain, seq, id, time_ms, request_id, principal, end_user, action, resource, \
                        decision, bypass, grant_id, mode, policies, body, prev_hash, hash";
 
@@ -40,6 +41,8 @@ pub enum Store {
 pub struct Db {
     pool: AnyPool,
     kind: DbKind,
+    // SQLite only: the native pool records are inserted through (see `sqlite`).
+    sqlite_writes: Option<sqlx::SqlitePool>,
 }
 
 /// Which database.
@@ -152,6 +155,7 @@ impl Db {
     /// Connects to `url` (`sqlite://…` or `postgres://…`) and runs migrations.
     pub async fn open(url: &str) -> Result<Self, Error> {
         sqlx::any::install_default_drivers();
+        let mut sqlite_writes = None;
         let (kind, options) = if let Some(path) = url.strip_prefix("sqlite://") {
             if let Some(dir) = Path::new(path)
                 .parent()
@@ -163,6 +167,11 @@ impl Db {
                 })?;
             }
             let url = format!("sqlite://{path}?mode=rwc");
+            // An in-memory database is private to its connection: a second pool would write
+            // into a database of its own, so such a store keeps writing through `Any`.
+            if path != ":memory:" {
+                sqlite_writes = Some(sqlite::write_pool(&url)?);
+            }
             (DbKind::Sqlite, AnyConnectOptions::from_str(&url)?)
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             (DbKind::Postgres, AnyConnectOptions::from_str(url)?)
@@ -177,17 +186,9 @@ impl Db {
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if kind == DbKind::Sqlite {
-                        // WAL lets `ward audit query` read while the writer writes; the busy
-                        // timeout rides out short locks instead of failing the batch.
-                        for pragma in [
-                            "PRAGMA journal_mode = WAL",
-                            "PRAGMA synchronous = NORMAL",
-                            "PRAGMA busy_timeout = 2000",
-                            // Index pages stay in memory across batches.
-                            "PRAGMA cache_size = -65536",
-                            "PRAGMA temp_store = MEMORY",
-                        ] {
-                            sqlx::Executor::execute(&mut *conn, pragma).await?;
+                        for (name, value) in sqlite::PRAGMAS {
+                            let pragma = format!("PRAGMA {name} = {value}");
+                            sqlx::Executor::execute(&mut *conn, AssertSqlSafe(pragma)).await?;
                         }
                     }
                     Ok(())
@@ -198,7 +199,11 @@ impl Db {
             .connect_with(options)
             .await?;
         migrator(kind).run(&pool).await?;
-        Ok(Self { pool, kind })
+        Ok(Self {
+            pool,
+            kind,
+            sqlite_writes,
+        })
     }
 
     /// Which database this is.
@@ -234,58 +239,37 @@ impl Db {
                 &owned
             }
         };
+        if let Some(writes) = &self.sqlite_writes {
+            return sqlite::insert(writes, records, parsed).await;
+        }
         let mut tx = self.pool.begin().await?;
-        match self.kind {
-            DbKind::Sqlite => {
-                // One bound parameter per batch: SQLite unpacks the rows from JSON itself, which
-                // measured several times faster than binding 17 parameters per row.
-                for (chunk, recs) in records
-                    .chunks(SQLITE_ROWS_PER_INSERT)
-                    .zip(parsed.chunks(SQLITE_ROWS_PER_INSERT))
-                {
-                    let rows: Vec<RowJson<'_>> = chunk
-                        .iter()
-                        .zip(recs)
-                        .map(|(r, rec)| RowJson::new(r, rec))
-                        .collect();
-                    let json =
-                        serde_json::to_string(&rows).map_err(|e| Error::Corrupt(e.to_string()))?;
-                    sqlx::query(AssertSqlSafe(sqlite_json_insert_sql()))
-                        .bind(json)
-                        .execute(&mut *tx)
-                        .await?;
-                }
+        for (chunk, recs) in records
+            .chunks(ROWS_PER_INSERT)
+            .zip(parsed.chunks(ROWS_PER_INSERT))
+        {
+            let mut query = sqlx::query(AssertSqlSafe(insert_sql(chunk.len())));
+            for (r, rec) in chunk.iter().zip(recs) {
+                let row = Columns::new(r, rec);
+                query = query
+                    .bind(row.chain.to_owned())
+                    .bind(row.seq)
+                    .bind(row.id.to_owned())
+                    .bind(row.time_ms)
+                    .bind(row.request_id.to_owned())
+                    .bind(row.principal.to_owned())
+                    .bind(row.end_user.map(str::to_owned))
+                    .bind(row.action.to_owned())
+                    .bind(row.resource.to_owned())
+                    .bind(row.decision)
+                    .bind(row.bypass)
+                    .bind(row.grant_id.map(str::to_owned))
+                    .bind(row.mode)
+                    .bind(row.policies)
+                    .bind(row.body.to_owned())
+                    .bind(row.prev_hash.to_owned())
+                    .bind(row.hash.to_owned());
             }
-            DbKind::Postgres => {
-                for (chunk, recs) in records
-                    .chunks(ROWS_PER_INSERT)
-                    .zip(parsed.chunks(ROWS_PER_INSERT))
-                {
-                    let mut query = sqlx::query(AssertSqlSafe(insert_sql(chunk.len())));
-                    for (r, rec) in chunk.iter().zip(recs) {
-                        let row = RowJson::new(r, rec);
-                        query = query
-                            .bind(row.chain.to_owned())
-                            .bind(row.seq)
-                            .bind(row.id.to_owned())
-                            .bind(row.time_ms)
-                            .bind(row.request_id.to_owned())
-                            .bind(row.principal.to_owned())
-                            .bind(row.end_user.map(str::to_owned))
-                            .bind(row.action.to_owned())
-                            .bind(row.resource.to_owned())
-                            .bind(row.decision)
-                            .bind(row.bypass)
-                            .bind(row.grant_id.map(str::to_owned))
-                            .bind(row.mode)
-                            .bind(row.policies)
-                            .bind(row.body.to_owned())
-                            .bind(row.prev_hash.to_owned())
-                            .bind(row.hash.to_owned());
-                    }
-                    query.execute(&mut *tx).await?;
-                }
-            }
+            query.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -439,10 +423,8 @@ fn insert_sql(rows: usize) -> String {
     }
 }
 
-/// The columns of one row, serialized for SQLite's `json_each` and bound one by one for
-/// PostgreSQL.
-#[derive(serde::Serialize)]
-struct RowJson<'a> {
+/// The columns of one row, as bound.
+struct Columns<'a> {
     chain: &'a str,
     seq: i64,
     id: &'a str,
@@ -462,7 +444,9 @@ struct RowJson<'a> {
     hash: &'a str,
 }
 
-impl<'a> RowJson<'a> {
+// === impl Columns ===
+
+impl<'a> Columns<'a> {
     fn new(r: &'a ChainedRecord, rec: &'a AuditRecord) -> Self {
         Self {
             chain: &r.chain,
@@ -484,24 +468,6 @@ impl<'a> RowJson<'a> {
             hash: &r.hash,
         }
     }
-}
-
-/// `INSERT … SELECT … FROM json_each($1)`: every row of a batch in one bound JSON array.
-fn sqlite_json_insert_sql() -> String {
-    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    SQL.get_or_init(|| {
-        let extracts: Vec<String> = COLUMNS
-            .split(',')
-            .map(|c| format!("json_extract(value, '$.{}')", c.trim()))
-            .collect();
-        // `WHERE true` keeps SQLite from reading ON CONFLICT as part of the SELECT.
-        format!(
-            "INSERT INTO audit_records ({COLUMNS}) SELECT {} FROM json_each($1) WHERE true \
-             ON CONFLICT (chain, seq) DO NOTHING",
-            extracts.join(", ")
-        )
-    })
-    .clone()
 }
 
 /// The store's migrations, embedded at build time.
