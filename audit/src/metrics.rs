@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub struct Metrics {
     /// Records committed to the store.
     pub written: AtomicU64,
+    /// Store transactions that committed records (written ÷ batches = records per commit).
+    pub batches: AtomicU64,
     /// Records written to the on-disk spool because the store failed.
     pub spooled: AtomicU64,
     /// Spooled records later committed to the store.
@@ -33,6 +35,11 @@ impl Metrics {
                 "written",
                 "Audit records committed to the store.",
                 &self.written,
+            ),
+            (
+                "batches",
+                "Store transactions that committed audit records.",
+                &self.batches,
             ),
             (
                 "spooled",

@@ -345,6 +345,42 @@ async fn sqlite_locked_by_another_writer_spools_and_replays() {
 }
 
 #[tokio::test]
+async fn records_arriving_one_by_one_are_committed_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = sqlite(&dir).await;
+    let mut cfg = config(&dir);
+    cfg.flush_interval = Duration::from_secs(5);
+    let (auditor, _task) = Auditor::spawn(store.clone(), None, cfg).await.unwrap();
+    for i in 0..20 {
+        auditor.record(record(i)).unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let batches = &auditor.metrics().batches;
+    assert_eq!(
+        batches.load(Ordering::Relaxed),
+        0,
+        "nothing is committed before the batch fills or its first record waited flush_interval"
+    );
+    drain(&auditor).await;
+    assert_eq!(
+        batches.load(Ordering::Relaxed),
+        1,
+        "one transaction for all 20"
+    );
+    assert_eq!(all(store.db().unwrap()).await.len(), 20);
+
+    // A strict caller does not wait for the batch to fill.
+    let start = std::time::Instant::now();
+    auditor.record_durable(record(20)).await.unwrap();
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(batches.load(Ordering::Relaxed), 2);
+}
+
+#[tokio::test]
 async fn a_full_queue_overflows_to_disk_without_losing_records() {
     let dir = tempfile::tempdir().unwrap();
     let (store, _) = sqlite(&dir).await;

@@ -231,9 +231,23 @@ impl Writer {
                 },
                 _ = tick.tick() => {}
             }
-            while batch.len() < self.cfg.batch_size {
-                match self.rx.try_recv() {
-                    Ok(msg) => sort(msg, &mut batch, &mut acks, &mut flushes),
+            self.drain_queue(&mut batch, &mut acks, &mut flushes);
+            // Group commit: a transaction costs far more than a row, so a batch waits for more
+            // records until it is full or its first record has waited `flush_interval`, unless
+            // a caller is waiting for durability (strict) or a flush.
+            let deadline = tokio::time::Instant::now() + self.cfg.flush_interval;
+            while !batch.is_empty()
+                && batch.len() < self.cfg.batch_size
+                && acks.is_empty()
+                && flushes.is_empty()
+                && !closed
+            {
+                match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                    Ok(Some(msg)) => {
+                        sort(msg, &mut batch, &mut acks, &mut flushes);
+                        self.drain_queue(&mut batch, &mut acks, &mut flushes);
+                    }
+                    Ok(None) => closed = true,
                     Err(_) => break,
                 }
             }
@@ -257,6 +271,21 @@ impl Writer {
             }
             if closed {
                 break;
+            }
+        }
+    }
+
+    /// Moves what is queued right now into the batch, up to `batch_size`.
+    fn drain_queue(
+        &mut self,
+        batch: &mut Vec<AuditRecord>,
+        acks: &mut Vec<Ack>,
+        flushes: &mut Vec<oneshot::Sender<bool>>,
+    ) {
+        while batch.len() < self.cfg.batch_size {
+            match self.rx.try_recv() {
+                Ok(msg) => sort(msg, batch, acks, flushes),
+                Err(_) => break,
             }
         }
     }
@@ -293,6 +322,7 @@ impl Writer {
             match self.store.insert_with(chained, parsed).await {
                 Ok(()) => {
                     Metrics::add(&self.metrics.written, chained.len());
+                    Metrics::add(&self.metrics.batches, 1);
                     return Ok(());
                 }
                 Err(e) => {
