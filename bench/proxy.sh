@@ -19,7 +19,7 @@ RATES="1000 5000"
 SAT_THREADS=2
 SAT_CONNS=64
 FORMAT=table
-ALL_CONFIGS="direct haproxy envoy ward ward-accesslog ward-jsonl-audit envoy-to-ward ward-to-envoy"
+ALL_CONFIGS="direct haproxy envoy ward ward-no-audit ward-accesslog ward-jsonl-audit envoy-to-ward ward-to-envoy"
 CONFIGS="$ALL_CONFIGS"
 BUILD=1
 KEEP=0
@@ -187,7 +187,7 @@ install_peers() {
 }
 
 build_ward() {
-    WARD="$ROOT/target/release/ward"
+    WARD="${CARGO_TARGET_DIR:-$ROOT/target}/release/ward"
     if ((BUILD)); then
         log "cargo build --release --bin ward"
         (cd "$ROOT" && cargo build --release --quiet --bin ward)
@@ -240,6 +240,7 @@ make_identities() {
 
 # ward_proxy NAME CPU ROLE AUDIT_STORE LOG_ARGS [B_INBOUND_PORT]: ROLE a = mobile-gateway with a
 # registry entry for checkout-api at B_INBOUND_PORT; ROLE b = checkout-api in front of nginx.
+# AUDIT_STORE `off` sets `audit.enabled: false`.
 # Sets PORT_IN and PORT_OUT.
 ward_proxy() {
     local name="$1" cpu="$2" role="$3" store="$4" log_args="$5" b_in="${6:-}"
@@ -247,6 +248,8 @@ ward_proxy() {
     read -r PORT_IN PORT_OUT admin <<<"$(free_ports 3)"
     mkdir -p "$dir"
     if [[ "$role" == a ]]; then service=mobile-gateway; node=proxy-a; else service=checkout-api; node=proxy-b; fi
+    local audit="{ store: \"$store\", spool_dir: $dir/spool }"
+    [[ "$store" == off ]] && audit="{ enabled: false }"
     cat >"$dir/proxy.yaml" <<EOF
 node: $node
 service: $service
@@ -255,7 +258,7 @@ app: "127.0.0.1:$UP_PORT"
 identity:
   files: { cert: $WORK/id-$role/svid.pem, key: $WORK/id-$role/svid.key, bundle: $WORK/id-$role/bundle.pem }
 policies: $WORK/policies
-audit: { store: "$store", spool_dir: $dir/spool }
+audit: $audit
 EOF
     if [[ "$role" == a ]]; then
         cat >>"$dir/proxy.yaml" <<EOF
@@ -416,13 +419,14 @@ start_config() {
             envoy_proxy envoy-b "$CPU_B" b
             envoy_proxy envoy-a "$CPU_A" a "$PORT_IN"
             URL="http://127.0.0.1:$PORT_OUT/" ;;
-        ward | ward-accesslog | ward-jsonl-audit)
+        ward | ward-no-audit | ward-accesslog | ward-jsonl-audit)
             HOPS=2
-            local logs="$quiet" store="$sqlite"
+            local logs="$quiet" store="$sqlite" store_a="sqlite://$WORK/$cfg-a/audit.db"
             [[ "$cfg" == ward-accesslog ]] && logs="$json"
             [[ "$cfg" == ward-jsonl-audit ]] && store="jsonl://$SHM/audit-b.jsonl"
+            [[ "$cfg" == ward-no-audit ]] && store=off store_a=off
             ward_proxy "$cfg-b" "$CPU_B" b "$store" "$logs"
-            ward_proxy "$cfg-a" "$CPU_A" a "sqlite://$WORK/$cfg-a/audit.db" "$logs" "$PORT_IN"
+            ward_proxy "$cfg-a" "$CPU_A" a "$store_a" "$logs" "$PORT_IN"
             URL="http://127.0.0.1:$PORT_OUT/" ;;
         envoy-to-ward)
             HOPS=2

@@ -105,6 +105,9 @@ pub struct WorkloadApiIdentity {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuditConfig {
+    /// Record every decision. Turning it off is for measuring what auditing costs; the proxy
+    /// warns at start while it is off.
+    pub enabled: bool,
     /// `sqlite://PATH`, `postgres://…`, `jsonl://PATH` or `stdout`.
     pub store: String,
     /// Where records are spooled while the store is down.
@@ -386,6 +389,12 @@ impl Config {
         if self.max_request_body == 0 {
             return Err(invalid("max_request_body", "must be at least 1"));
         }
+        if self.audit.strict && !self.audit.enabled {
+            return Err(invalid(
+                "audit.strict",
+                "cannot be true while audit.enabled is false",
+            ));
+        }
         self.tracing.validate()?;
         self.registry.validate()
     }
@@ -415,6 +424,7 @@ impl Default for Listen {
 impl Default for AuditConfig {
     fn default() -> Self {
         Self {
+            enabled: true,
             store: "sqlite://ward-data/audit.db".to_owned(),
             spool_dir: PathBuf::from("ward-data/audit-spool"),
             key: None,

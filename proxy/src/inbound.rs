@@ -201,11 +201,6 @@ impl Inbound {
                 ..RequestContext::default()
             },
         };
-        let mut record = AuditRecord::new(&inputs.cfg.node, &ctx.request_id);
-        record.trace_id = Some(ctx.trace_id.clone());
-        record.principal = peer.to_string();
-        record.resource = format!("Service::\"{}\"", inputs.cfg.service);
-        record.method = Some(ctx.method.as_str().to_owned());
         let snapshot = inputs.authz.snapshot();
         let (request, path) = match snapshot.map_http(&http) {
             Ok(mapped) => mapped,
@@ -214,30 +209,40 @@ impl Inbound {
                     ward_authz::Error::Path(e) => RequestError::BadPath(e),
                     other => RequestError::BadRequest(other.to_string()),
                 };
-                // Not a decision, but an attempt worth keeping: recorded as a deny.
-                record.path = Some(ctx.path.chars().take(256).collect());
-                record.errors = vec![err.to_string()];
-                record.policy_revision = snapshot.revision().to_string();
                 self.metric_decision("invalid");
-                self.submit(record).await.map_err(|e| (e, "-".to_owned()))?;
+                // Not a decision, but an attempt worth keeping: recorded as a deny.
+                self.submit(|| {
+                    let mut r = self.record(ctx, &peer);
+                    r.path = Some(ctx.path.chars().take(256).collect());
+                    r.errors = vec![err.to_string()];
+                    r.policy_revision = snapshot.revision().to_string();
+                    r
+                })
+                .await
+                .map_err(|e| (e, "-".to_owned()))?;
                 return Err((err, "-".to_owned()));
             }
         };
         let decision = snapshot.authorize(&request);
-        record.action = format!("Action::\"{}\"", request.action);
-        record.path = Some(path.path().to_owned());
-        record.decision = if decision.allow {
-            ward_audit::Decision::Allow
-        } else {
-            ward_audit::Decision::Deny
-        };
-        record.policies = decision.reasons.clone();
-        record.errors = decision.errors.iter().map(|e| e.message.clone()).collect();
-        record.policy_revision = decision.revision.to_string();
-        record.latency_us = u64::try_from(decision.elapsed.as_micros()).unwrap_or(u64::MAX);
         self.metric_decision(if decision.allow { "allow" } else { "deny" });
         let action = request.action.clone();
-        self.submit(record).await.map_err(|e| (e, action.clone()))?;
+        self.submit(|| {
+            let mut r = self.record(ctx, &peer);
+            r.action = format!("Action::\"{}\"", request.action);
+            r.path = Some(path.path().to_owned());
+            r.decision = if decision.allow {
+                ward_audit::Decision::Allow
+            } else {
+                ward_audit::Decision::Deny
+            };
+            r.policies = decision.reasons.clone();
+            r.errors = decision.errors.iter().map(|e| e.message.clone()).collect();
+            r.policy_revision = decision.revision.to_string();
+            r.latency_us = u64::try_from(decision.elapsed.as_micros()).unwrap_or(u64::MAX);
+            r
+        })
+        .await
+        .map_err(|e| (e, action.clone()))?;
         if !decision.allow {
             tracing::info!(%peer, %action, path = %path.path(), request_id = %ctx.request_id, policies = ?decision.reasons, "denied by policy");
             return Err((RequestError::Denied, action));
@@ -272,10 +277,24 @@ impl Inbound {
         Ok(response.map(|body| body.map_err(|e| Box::new(e) as BoxError).boxed()))
     }
 
-    async fn submit(&self, record: AuditRecord) -> Result<(), RequestError> {
-        match self.inputs.audit.submit(record).await {
+    /// The fields of an audit record every inbound request shares.
+    fn record(&self, ctx: &ReqCtx, peer: &ward_identity::SpiffeId) -> AuditRecord {
+        let mut r = AuditRecord::new(&self.inputs.cfg.node, &ctx.request_id);
+        r.trace_id = Some(ctx.trace_id.clone());
+        r.principal = peer.to_string();
+        r.resource = format!("Service::\"{}\"", self.inputs.cfg.service);
+        r.method = Some(ctx.method.as_str().to_owned());
+        r
+    }
+
+    /// Hands the record `make` builds to the audit log; nothing is built when auditing is off.
+    async fn submit(&self, make: impl FnOnce() -> AuditRecord) -> Result<(), RequestError> {
+        let Some(audit) = &self.inputs.audit else {
+            return Ok(());
+        };
+        match audit.submit(make()).await {
             Ok(()) => Ok(()),
-            Err(err) if self.inputs.audit.is_strict() => {
+            Err(err) if audit.is_strict() => {
                 tracing::error!(error = %err, "audit record not durable: failing the request closed");
                 Err(RequestError::AuditUnavailable)
             }

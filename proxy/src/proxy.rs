@@ -37,8 +37,8 @@ pub struct ProxyInputs {
     pub identity: Identity,
     /// The Cedar engine inbound calls are decided by.
     pub authz: Arc<PolicyEngine>,
-    /// Where decisions are recorded.
-    pub audit: Auditor,
+    /// Where decisions are recorded; `None` when `audit.enabled` is false.
+    pub audit: Option<Auditor>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// The outbound destinations, swappable as a whole.
@@ -103,8 +103,14 @@ impl Proxy {
         };
         let authz = Arc::new(PolicyEngine::load(&cfg.policies)?);
         let metrics = Arc::new(Metrics::new());
-        let audit = open_audit(&cfg).await?;
-        metrics.set_audit(audit.metrics().clone());
+        let audit = if cfg.audit.enabled {
+            let audit = open_audit(&cfg).await?;
+            metrics.set_audit(audit.metrics().clone());
+            Some(audit)
+        } else {
+            tracing::warn!("audit.enabled is false: decisions are NOT recorded");
+            None
+        };
         let upstreams = Upstreams::new(&cfg.registry, &identity, &metrics)?;
 
         let bind = |kind, addr| async move {
@@ -195,10 +201,12 @@ impl Proxy {
         inputs.ready.store(false, Ordering::Release);
         drain_tx.send_replace(true);
         while loops.join_next().await.is_some() {}
-        match tokio::time::timeout(AUDIT_FLUSH_TIMEOUT, inputs.audit.flush()).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(err)) => tracing::error!(error = %err, "flushing the audit log"),
-            Err(_) => tracing::error!("flushing the audit log timed out"),
+        if let Some(audit) = &inputs.audit {
+            match tokio::time::timeout(AUDIT_FLUSH_TIMEOUT, audit.flush()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(err)) => tracing::error!(error = %err, "flushing the audit log"),
+                Err(_) => tracing::error!("flushing the audit log timed out"),
+            }
         }
         if let Some(exporter) = exporter {
             exporter.shutdown().await;

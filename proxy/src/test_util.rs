@@ -292,6 +292,7 @@ pub fn config(
         identity: IdentityConfig::Files(identity),
         policies,
         audit: AuditConfig {
+            enabled: true,
             store: format!(
                 "sqlite://{}",
                 dir.join(format!("audit-{node}.db")).display()

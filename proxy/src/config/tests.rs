@@ -135,6 +135,13 @@ fn validation_names_the_field() {
             ("canary: { version: v2 }", "canary: { version: v9 }"),
             "registry.services.orders-api.subsets.canary",
         ),
+        (
+            (
+                "spool_dir: spool }",
+                "spool_dir: spool, enabled: false, strict: true }",
+            ),
+            "audit.strict",
+        ),
     ] {
         let cfg = parse(&FULL.replacen(edit.0, edit.1, 1));
         match cfg.validate() {

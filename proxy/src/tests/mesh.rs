@@ -68,7 +68,14 @@ impl Pair {
     }
 
     async fn audit(&self) -> Vec<ward_audit::AuditRecord> {
-        self.proxy_b.inputs.audit.flush().await.unwrap();
+        self.proxy_b
+            .inputs
+            .audit
+            .as_ref()
+            .unwrap()
+            .flush()
+            .await
+            .unwrap();
         let url = format!(
             "sqlite://{}",
             self.dir.path().join("audit-proxy-b.db").display()
@@ -374,4 +381,43 @@ async fn shutdown_drains_in_flight_requests_and_readiness_flips() {
         tokio::net::TcpStream::connect(inbound).await.is_err(),
         "no longer accepting"
     );
+}
+
+#[tokio::test]
+async fn with_audit_disabled_requests_pass_and_nothing_is_recorded() {
+    let ca = TestCa::new("ward.local");
+    let dir = tempfile::tempdir().unwrap();
+    let app_b = App::spawn("app-b").await;
+    let id_b = ca.write_identity(dir.path(), "b", CHECKOUT);
+    let mut cfg = config(
+        dir.path(),
+        "proxy-b",
+        "checkout-api",
+        app_b.addr,
+        id_b,
+        policies_dir(),
+    );
+    cfg.audit.enabled = false;
+    let store = dir.path().join("audit-proxy-b.db");
+    assert!(
+        cfg.audit.store.contains("audit-proxy-b.db"),
+        "{}",
+        cfg.audit.store
+    );
+    let proxy_b = Running::start(cfg).await;
+    assert!(proxy_b.inputs.audit.is_none());
+    let svid = ca.issue(MOBILE, Duration::from_secs(600));
+    let (status, _) = https_raw(
+        proxy_b.bound.inbound,
+        ca.client_config(&svid, CHECKOUT),
+        &get("/cart", "checkout-api"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        !store.exists(),
+        "no audit store is opened when auditing is off"
+    );
+    proxy_b.stop().await;
 }
