@@ -7,7 +7,7 @@ use std::time::Duration;
 use tempfile::TempDir;
 
 use super::{CHECKOUT, MOBILE, registry};
-use crate::config::TrafficPolicy;
+use crate::config::{Config, TrafficPolicy};
 use crate::test_util::{
     App, Running, TIMEOUT, TestCa, call, config, eventually, get, http_client, http_raw, https_raw,
     policies_dir,
@@ -22,20 +22,17 @@ struct Pair {
     proxy_a: Running,
 }
 
+/// Proxy B: checkout-api in front of `app`, with the repository's policies.
+fn config_b(ca: &TestCa, dir: &std::path::Path, app: std::net::SocketAddr) -> Config {
+    let id_b = ca.write_identity(dir, "b", CHECKOUT);
+    config(dir, "proxy-b", "checkout-api", app, id_b, policies_dir())
+}
+
 async fn pair() -> Pair {
     let ca = TestCa::new("ward.local");
     let dir = tempfile::tempdir().unwrap();
     let app_b = App::spawn("app-b").await;
-    let id_b = ca.write_identity(dir.path(), "b", CHECKOUT);
-    let proxy_b = Running::start(config(
-        dir.path(),
-        "proxy-b",
-        "checkout-api",
-        app_b.addr,
-        id_b,
-        policies_dir(),
-    ))
-    .await;
+    let proxy_b = Running::start(config_b(&ca, dir.path(), app_b.addr)).await;
     let id_a = ca.write_identity(dir.path(), "a", MOBILE);
     let mut cfg_a = config(
         dir.path(),
@@ -388,15 +385,7 @@ async fn with_audit_disabled_requests_pass_and_nothing_is_recorded() {
     let ca = TestCa::new("ward.local");
     let dir = tempfile::tempdir().unwrap();
     let app_b = App::spawn("app-b").await;
-    let id_b = ca.write_identity(dir.path(), "b", CHECKOUT);
-    let mut cfg = config(
-        dir.path(),
-        "proxy-b",
-        "checkout-api",
-        app_b.addr,
-        id_b,
-        policies_dir(),
-    );
+    let mut cfg = config_b(&ca, dir.path(), app_b.addr);
     cfg.audit.enabled = false;
     let store = dir.path().join("audit-proxy-b.db");
     assert!(
