@@ -116,6 +116,9 @@ pub struct AuditConfig {
     pub key: Option<PathBuf>,
     /// Refuse a request (503) when its record cannot be made durable.
     pub strict: bool,
+    /// Longest a record waits for more to share its store transaction (group commit).
+    #[serde(with = "duration")]
+    pub flush_interval: Duration,
 }
 
 /// Trace export: one span per proxied request, sent to an OpenTelemetry collector.
@@ -389,6 +392,14 @@ impl Config {
         if self.max_request_body == 0 {
             return Err(invalid("max_request_body", "must be at least 1"));
         }
+        if self.audit.flush_interval.is_zero()
+            || self.audit.flush_interval > Duration::from_secs(60)
+        {
+            return Err(invalid(
+                "audit.flush_interval",
+                "must be between 1ms and 60s",
+            ));
+        }
         if self.audit.strict && !self.audit.enabled {
             return Err(invalid(
                 "audit.strict",
@@ -429,6 +440,7 @@ impl Default for AuditConfig {
             spool_dir: PathBuf::from("ward-data/audit-spool"),
             key: None,
             strict: false,
+            flush_interval: Duration::from_millis(100),
         }
     }
 }

@@ -261,6 +261,7 @@ async fn open_audit(cfg: &Config) -> Result<Auditor, Error> {
         .map(Arc::new);
     let audit_cfg = ward_audit::Config {
         strict: cfg.audit.strict,
+        flush_interval: cfg.audit.flush_interval,
         ..ward_audit::Config::new(&cfg.node, cfg.audit.spool_dir.clone())
     };
     let (auditor, task) = Auditor::spawn(store, key, audit_cfg).await?;

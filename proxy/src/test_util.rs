@@ -293,6 +293,7 @@ pub fn config(
         policies,
         audit: AuditConfig {
             enabled: true,
+            flush_interval: Duration::from_millis(100),
             store: format!(
                 "sqlite://{}",
                 dir.join(format!("audit-{node}.db")).display()
