@@ -116,6 +116,22 @@ where
     Ok(cfg)
 }
 
+/// [`load`]s `path` when given, else starts from `T::default()`; environment overrides apply
+/// either way.
+pub(crate) fn load_or_default<T>(path: Option<&Path>, env: &dyn Env) -> Result<T, ConfigError>
+where
+    T: DeserializeOwned + Overrides + Default,
+{
+    match path {
+        Some(path) => load(path, env),
+        None => {
+            let mut cfg = T::default();
+            cfg.apply_env(env)?;
+            Ok(cfg)
+        }
+    }
+}
+
 /// Parses YAML text that came from `path` (used for messages only).
 pub(crate) fn parse<T: DeserializeOwned>(path: &Path, text: &str) -> Result<T, ConfigError> {
     // An empty file means "all defaults", not "invalid type: unit value".

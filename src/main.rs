@@ -10,6 +10,7 @@ mod config;
 mod exit;
 mod logging;
 mod output;
+mod signals;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();

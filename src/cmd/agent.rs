@@ -12,13 +12,13 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use serde::Deserialize;
-use tokio::signal::unix::{SignalKind, signal};
 use ward_identity::Ca;
 use ward_identity::ca::{DEFAULT_JWT_TTL, DEFAULT_SVID_TTL};
 use ward_identity::workload_api::{self, Entries, Server, SourceUpdater};
 
 use crate::config::{self, ConfigError, Env, Overrides, ProcessEnv};
 use crate::exit;
+use crate::signals::Signals;
 
 /// Overrides the Workload API socket path of `ward agent`.
 pub(crate) const ENV_AGENT_SOCKET: &str = "WARD_AGENT_SOCKET";
@@ -135,15 +135,7 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
 
     // Handlers are installed before the socket exists, so a signal sent as soon as the socket
     // appears is never lost.
-    let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-    let mut terminate =
-        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let shutdown = async move {
-        tokio::select! {
-            _ = terminate.recv() => tracing::info!("SIGTERM received"),
-            _ = tokio::signal::ctrl_c() => tracing::info!("Ctrl-C received"),
-        }
-    };
+    let (mut hangup, shutdown) = Signals::install()?.split();
     let serve = server.run(shutdown);
     tokio::pin!(serve);
     loop {
@@ -159,14 +151,7 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
 
 /// The file (if any), then the environment, then the flags.
 fn load(args: &AgentArgs, env: &dyn Env) -> Result<Resolved, ConfigError> {
-    let cfg = match &args.config {
-        Some(path) => config::load::<AgentConfig>(path, env)?,
-        None => {
-            let mut cfg = AgentConfig::default();
-            cfg.apply_env(env)?;
-            cfg
-        }
-    };
+    let cfg = config::load_or_default::<AgentConfig>(args.config.as_deref(), env)?;
     Ok(cfg.resolve(args))
 }
 

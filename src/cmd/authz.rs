@@ -14,7 +14,6 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use serde::Deserialize;
-use tokio::signal::unix::{SignalKind, signal};
 use ward_audit::{AuditKey, Auditor, Store};
 use ward_authz::reload::Reloader;
 use ward_authz::server::{self, Inputs, Server};
@@ -22,6 +21,7 @@ use ward_authz::{Authorizer, Modes, PolicyEngine, Snapshot};
 
 use crate::config::{self, ConfigError, Env, Overrides, ProcessEnv};
 use crate::exit;
+use crate::signals::Signals;
 
 /// How long changes to a policy directory must settle before it is loaded again.
 const RELOAD_DEBOUNCE: Duration = Duration::from_millis(200);
@@ -209,9 +209,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
 
     // Handlers go in before the listeners exist, so a signal sent once the address is printed
     // is never lost.
-    let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-    let mut terminate =
-        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let (mut hangup, shutdown) = Signals::install()?.split();
     let server_cfg = server::Config {
         http_listen: cfg.listen,
         grpc_listen: cfg.grpc_listen,
@@ -233,12 +231,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     announce(&server)?;
 
-    let shutdown = async move {
-        tokio::select! {
-            _ = terminate.recv() => tracing::info!("SIGTERM received"),
-            _ = tokio::signal::ctrl_c() => tracing::info!("Ctrl-C received"),
-        }
-    };
     let serve = server.run(shutdown);
     tokio::pin!(serve);
     let result = loop {
@@ -258,14 +250,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
 
 /// The file (if any), then the environment, then the flags.
 fn load(args: &ServeArgs, env: &dyn Env) -> anyhow::Result<Resolved> {
-    let cfg = match &args.config {
-        Some(path) => config::load::<AuthzConfig>(path, env)?,
-        None => {
-            let mut cfg = AuthzConfig::default();
-            cfg.apply_env(env)?;
-            cfg
-        }
-    };
+    let cfg = config::load_or_default::<AuthzConfig>(args.config.as_deref(), env)?;
     cfg.resolve(args)
 }
 

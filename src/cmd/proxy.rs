@@ -13,11 +13,11 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Args;
 use serde::Deserialize;
-use tokio::signal::unix::{SignalKind, signal};
 use ward_proxy::{Proxy, ProxyInputs};
 
 use crate::config::{self, ConfigError, Env, Overrides, ProcessEnv};
 use crate::exit;
+use crate::signals::Signals;
 
 /// Overrides `listen.inbound`.
 pub(crate) const ENV_PROXY_INBOUND: &str = "WARD_PROXY_INBOUND";
@@ -67,9 +67,7 @@ fn load(args: &ProxyArgs, env: &dyn Env) -> anyhow::Result<ward_proxy::Config> {
 pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     let cfg = load(&args, &ProcessEnv).map_err(exit::bad_input)?;
     // Handlers first, so a signal sent as soon as the addresses are printed is not lost.
-    let mut terminate =
-        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let (mut hangup, shutdown) = Signals::install()?.split();
     let proxy = Proxy::build(cfg).await.map_err(|err| match err {
         ward_proxy::Error::Config(_)
         | ward_proxy::Error::Policies(_)
@@ -95,12 +93,6 @@ pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
             reload(&inputs);
         }
     });
-    let shutdown = async move {
-        tokio::select! {
-            _ = terminate.recv() => tracing::info!("SIGTERM received"),
-            _ = tokio::signal::ctrl_c() => tracing::info!("Ctrl-C received"),
-        }
-    };
     let result = proxy.wait_termination(shutdown).await;
     reloads.abort();
     result.context("proxy")?;

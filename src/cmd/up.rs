@@ -49,14 +49,8 @@ impl Overrides for UpConfig {
 /// Runs `ward up`.
 pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     ward_identity::install_crypto_provider();
-    let cfg = match &args.config {
-        Some(path) => config::load::<UpConfig>(path, &ProcessEnv).map_err(exit::bad_input)?,
-        None => {
-            let mut cfg = UpConfig::default();
-            cfg.apply_env(&ProcessEnv).map_err(exit::bad_input)?;
-            cfg
-        }
-    };
+    let cfg = config::load_or_default::<UpConfig>(args.config.as_deref(), &ProcessEnv)
+        .map_err(exit::bad_input)?;
     tracing::info!(?cfg, "resolved configuration");
     let trust_domain = TrustDomain::parse(&cfg.trust_domain).map_err(|e| {
         exit::bad_input(anyhow::anyhow!("trust_domain `{}`: {e}", cfg.trust_domain))
