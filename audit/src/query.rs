@@ -5,7 +5,7 @@ use sqlx::{AssertSqlSafe, Row};
 use crate::Error;
 use crate::chain::{ChainedRecord, Checkpoint, CheckpointKind};
 use crate::key::AuditKey;
-use crate::store::Db;
+use crate::store::{self, Db};
 
 /// Which records to return. Every field narrows the result; all use indexes or the primary key.
 #[derive(Debug, Clone, Default)]
@@ -196,19 +196,7 @@ pub async fn prune(db: &Db, before_ms: i64, key: &AuditKey) -> Result<u64, Error
         let (seq, hash): (i64, String) = (cut.try_get(0)?, cut.try_get(1)?);
         let cp = Checkpoint::sign(key, &chain, seq, &hash, CheckpointKind::Prune);
         let mut tx = db.pool().begin().await?;
-        sqlx::query(
-            "INSERT INTO audit_checkpoints (chain, seq, hash, time_ms, kind, key_id, signature) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (chain, seq, kind) DO NOTHING",
-        )
-        .bind(cp.chain.clone())
-        .bind(cp.seq)
-        .bind(cp.hash.clone())
-        .bind(cp.time_ms)
-        .bind("prune")
-        .bind(cp.key_id.clone())
-        .bind(cp.signature.clone())
-        .execute(&mut *tx)
-        .await?;
+        store::checkpoint_insert(&cp).execute(&mut *tx).await?;
         let done = sqlx::query("DELETE FROM audit_records WHERE chain = $1 AND seq <= $2")
             .bind(chain.clone())
             .bind(seq)

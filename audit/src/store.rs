@@ -276,19 +276,7 @@ impl Db {
     }
 
     async fn insert_checkpoint(&self, cp: &Checkpoint) -> Result<(), Error> {
-        sqlx::query(
-            "INSERT INTO audit_checkpoints (chain, seq, hash, time_ms, kind, key_id, signature) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (chain, seq, kind) DO NOTHING",
-        )
-        .bind(cp.chain.clone())
-        .bind(cp.seq)
-        .bind(cp.hash.clone())
-        .bind(cp.time_ms)
-        .bind(kind_str(cp.kind))
-        .bind(cp.key_id.clone())
-        .bind(cp.signature.clone())
-        .execute(&self.pool)
-        .await?;
+        checkpoint_insert(cp).execute(&self.pool).await?;
         Ok(())
     }
 
@@ -488,6 +476,24 @@ fn migrator(kind: DbKind) -> Migrator {
 /// `,a,b,` so that `LIKE '%,a,%'` finds a policy id exactly.
 fn policies_column(policies: &[String]) -> String {
     format!(",{},", policies.join(","))
+}
+
+/// The INSERT that stores `cp` (once: a repeat is ignored), to run on a pool or in a
+/// transaction.
+pub(crate) fn checkpoint_insert(
+    cp: &Checkpoint,
+) -> sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments> {
+    sqlx::query(
+        "INSERT INTO audit_checkpoints (chain, seq, hash, time_ms, kind, key_id, signature) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (chain, seq, kind) DO NOTHING",
+    )
+    .bind(cp.chain.clone())
+    .bind(cp.seq)
+    .bind(cp.hash.clone())
+    .bind(cp.time_ms)
+    .bind(kind_str(cp.kind))
+    .bind(cp.key_id.clone())
+    .bind(cp.signature.clone())
 }
 
 fn kind_str(kind: CheckpointKind) -> &'static str {
