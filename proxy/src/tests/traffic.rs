@@ -38,6 +38,14 @@ impl Setup {
         App::spawn_tls(name, self.ca.server_config(ORDERS)).await
     }
 
+    /// The mobile-gateway proxy with `endpoints` (each presenting orders-api's SVID, no subset
+    /// labels) as orders-api, under `policy`.
+    async fn orders_proxy(&self, endpoints: &[SocketAddr], policy: TrafficPolicy) -> Running {
+        let endpoints: Vec<_> = endpoints.iter().map(|a| (*a, ORDERS, &[][..])).collect();
+        self.proxy(registry("orders-api", &endpoints, &[], policy))
+            .await
+    }
+
     /// The mobile-gateway proxy with `registry`.
     async fn proxy(&self, registry: Registry) -> Running {
         let id = self.ca.write_identity(self.dir.path(), "a", MOBILE);
@@ -89,14 +97,7 @@ async fn retries_happen_on_listed_conditions_only() {
         retries: retries(3, &[RetryOn::Status5xx]),
         ..TrafficPolicy::default()
     };
-    let proxy = s
-        .proxy(registry(
-            "orders-api",
-            &[(failing.addr, ORDERS, &[])],
-            &[],
-            policy,
-        ))
-        .await;
+    let proxy = s.orders_proxy(&[failing.addr], policy).await;
     let (status, _) = call(&client, proxy.bound.outbound, "orders-api", "/o", &[]).await;
     assert_eq!((status, failing.hits()), (503, 3));
     assert!(
@@ -111,14 +112,7 @@ async fn retries_happen_on_listed_conditions_only() {
         retries: retries(3, &[RetryOn::ConnectFailure]),
         ..TrafficPolicy::default()
     };
-    let proxy = s
-        .proxy(registry(
-            "orders-api",
-            &[(failing.addr, ORDERS, &[])],
-            &[],
-            policy,
-        ))
-        .await;
+    let proxy = s.orders_proxy(&[failing.addr], policy).await;
     call(&client, proxy.bound.outbound, "orders-api", "/o", &[]).await;
     assert_eq!(failing.hits(), 4);
     proxy.stop().await;
@@ -134,14 +128,7 @@ async fn connect_failures_are_retried_on_another_endpoint() {
         retries: retries(2, &[RetryOn::ConnectFailure]),
         ..TrafficPolicy::default()
     };
-    let proxy = s
-        .proxy(registry(
-            "orders-api",
-            &[(dead, ORDERS, &[]), (healthy.addr, ORDERS, &[])],
-            &[],
-            policy,
-        ))
-        .await;
+    let proxy = s.orders_proxy(&[dead, healthy.addr], policy).await;
     for _ in 0..10 {
         assert_eq!(
             call(&client, proxy.bound.outbound, "orders-api", "/o", &[])
@@ -238,14 +225,7 @@ async fn the_per_try_timeout_fires_and_is_retried_when_listed() {
         retries: retries(2, &[RetryOn::PerTryTimeout]),
         ..TrafficPolicy::default()
     };
-    let proxy = s
-        .proxy(registry(
-            "orders-api",
-            &[(slow.addr, ORDERS, &[])],
-            &[],
-            policy,
-        ))
-        .await;
+    let proxy = s.orders_proxy(&[slow.addr], policy).await;
     let start = Instant::now();
     let (status, body) = call(&client, proxy.bound.outbound, "orders-api", "/o", &[]).await;
     assert_eq!(status, 504, "{body}");
@@ -261,14 +241,7 @@ async fn the_per_try_timeout_fires_and_is_retried_when_listed() {
         timeout: Duration::from_millis(150),
         ..TrafficPolicy::default()
     };
-    let proxy = s
-        .proxy(registry(
-            "orders-api",
-            &[(slow.addr, ORDERS, &[])],
-            &[],
-            policy,
-        ))
-        .await;
+    let proxy = s.orders_proxy(&[slow.addr], policy).await;
     let (status, body) = call(&client, proxy.bound.outbound, "orders-api", "/o", &[]).await;
     assert_eq!(status, 504);
     assert!(body.contains("request timed out"), "{body}");
@@ -290,14 +263,7 @@ async fn a_failing_endpoint_is_ejected_and_comes_back() {
         }),
         ..TrafficPolicy::default()
     };
-    let proxy = s
-        .proxy(registry(
-            "orders-api",
-            &[(bad.addr, ORDERS, &[]), (good.addr, ORDERS, &[])],
-            &[],
-            policy,
-        ))
-        .await;
+    let proxy = s.orders_proxy(&[bad.addr, good.addr], policy).await;
     let out = proxy.bound.outbound;
     for _ in 0..4 {
         call(&client, out, "orders-api", "/o", &[]).await;
@@ -338,14 +304,7 @@ async fn max_ejection_percent_keeps_the_last_endpoint() {
         }),
         ..TrafficPolicy::default()
     };
-    let proxy = s
-        .proxy(registry(
-            "orders-api",
-            &[(bad.addr, ORDERS, &[])],
-            &[],
-            policy,
-        ))
-        .await;
+    let proxy = s.orders_proxy(&[bad.addr], policy).await;
     for _ in 0..5 {
         assert_eq!(
             call(&client, proxy.bound.outbound, "orders-api", "/o", &[])
@@ -440,14 +399,7 @@ async fn faults_abort_and_delay_the_configured_share() {
         }),
         ..TrafficPolicy::default()
     };
-    let proxy = s
-        .proxy(registry(
-            "orders-api",
-            &[(app.addr, ORDERS, &[])],
-            &[],
-            policy,
-        ))
-        .await;
+    let proxy = s.orders_proxy(&[app.addr], policy).await;
     let client = http_client();
     let total = 1000;
     let mut aborted = 0;
@@ -480,14 +432,7 @@ async fn faults_abort_and_delay_the_configured_share() {
         }),
         ..TrafficPolicy::default()
     };
-    let proxy = s
-        .proxy(registry(
-            "orders-api",
-            &[(app.addr, ORDERS, &[])],
-            &[],
-            policy,
-        ))
-        .await;
+    let proxy = s.orders_proxy(&[app.addr], policy).await;
     let mut delayed = 0;
     let total = 200;
     for _ in 0..total {
@@ -589,14 +534,7 @@ async fn the_circuit_breaker_fails_fast_past_its_limits() {
         },
         ..TrafficPolicy::default()
     };
-    let proxy = s
-        .proxy(registry(
-            "orders-api",
-            &[(slow.addr, ORDERS, &[])],
-            &[],
-            policy,
-        ))
-        .await;
+    let proxy = s.orders_proxy(&[slow.addr], policy).await;
     let out = proxy.bound.outbound;
     let first =
         tokio::spawn(async move { call(&http_client(), out, "orders-api", "/o", &[]).await });
@@ -625,14 +563,7 @@ async fn endpoints_must_present_the_expected_spiffe_id() {
         retries: retries(1, &[]),
         ..TrafficPolicy::default()
     };
-    let proxy = s
-        .proxy(registry(
-            "orders-api",
-            &[(impostor.addr, ORDERS, &[])],
-            &[],
-            policy,
-        ))
-        .await;
+    let proxy = s.orders_proxy(&[impostor.addr], policy).await;
     let (status, body) = call(
         &http_client(),
         proxy.bound.outbound,
