@@ -239,16 +239,17 @@ impl Metrics {
             400..=499 => "4xx",
             _ => "5xx",
         };
+        self.duration.get_or_create(&labels).observe(seconds);
+        // The labels move into the counter's key: no copies of the strings per request.
         self.requests
             .get_or_create(&RequestLabels {
                 direction: labels.direction,
-                source: labels.source.clone(),
-                destination: labels.destination.clone(),
-                route: labels.route.clone(),
+                source: labels.source,
+                destination: labels.destination,
+                route: labels.route,
                 code_class,
             })
             .inc();
-        self.duration.get_or_create(&labels).observe(seconds);
     }
 
     /// Counts a connection opening (`inbound`, `outbound`, `admin` or `upstream`); the guard
