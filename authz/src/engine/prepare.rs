@@ -264,11 +264,15 @@ impl Snapshot {
     ) -> Result<(Context, Shape), String> {
         let c = &req.context;
         let declared = self.context.headers(action);
+        // `declared` is lower case: match case-insensitively and copy only the names kept,
+        // rather than lower-casing every header of every request.
         let headers: Vec<(String, &String)> = c
             .headers
             .iter()
-            .map(|(k, v)| (k.to_ascii_lowercase(), v))
-            .filter(|(k, _)| declared.contains(k))
+            .filter_map(|(k, v)| {
+                let name = declared.iter().find(|d| d.eq_ignore_ascii_case(k))?;
+                Some((name.clone(), v))
+            })
             .collect();
         let shape = Shape {
             headers: headers.iter().map(|(k, _)| k.clone()).collect(),
