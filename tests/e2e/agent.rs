@@ -16,6 +16,8 @@ use ward_identity::workload_api::proto::{
 };
 use ward_identity::{Ca, TrustDomain};
 
+use crate::support;
+
 const TRUST_DOMAIN: &str = "e2e.ward.local";
 const WORKLOAD_ID: &str = "spiffe://e2e.ward.local/ns/e2e/sa/test";
 const AUDIENCE: &str = "e2e-audience";
@@ -82,21 +84,13 @@ impl Agent {
         assert!(status.success(), "kill -{name} failed");
     }
 
-    /// Waits for the agent to exit without blocking the runtime, so that the test's own gRPC
-    /// connections keep answering the server's shutdown (GOAWAY, PING).
+    /// Waits for the agent to exit (see [`support::wait_exit`]).
     async fn wait_exit(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "agent still running: {}",
-                self.stderr()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let stderr = self.dir.path().join("stderr");
+        support::wait_exit(&mut self.child, TIMEOUT, || {
+            std::fs::read_to_string(&stderr).unwrap_or_default()
+        })
+        .await
     }
 
     fn endpoint(&self) -> String {

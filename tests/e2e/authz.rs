@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -14,6 +14,8 @@ use hyper::Request;
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::support;
 
 mod envoy;
 
@@ -91,20 +93,13 @@ impl Serve {
         assert!(status.success(), "kill -{name} failed");
     }
 
-    /// Waits for the process to exit without blocking the runtime.
+    /// Waits for the process to exit (see [`support::wait_exit`]).
     pub(crate) async fn wait_exit(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "still running: {}",
-                self.stderr()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let stderr = self.dir.path().join("stderr");
+        support::wait_exit(&mut self.child, TIMEOUT, || {
+            std::fs::read_to_string(&stderr).unwrap_or_default()
+        })
+        .await
     }
 
     /// `GET path` on the HTTP listener, as JSON.
@@ -178,19 +173,6 @@ pub(crate) async fn call(addr: SocketAddr, method: &str, path: &str, body: &str)
         .unwrap();
     let (status, _, body) = send(tcp, req).await;
     (status, body)
-}
-
-/// Polls `check` until it returns true, failing after [`TIMEOUT`].
-pub(crate) async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + TIMEOUT;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
 }
 
 /// A copy of the demo policies (`policies/`) without their tests, which edits would break.
@@ -289,7 +271,7 @@ async fn an_edit_reloads_and_a_broken_edit_keeps_the_last_good_revision() {
     assert_eq!(serve.check(&charge()).await.1["allow"], false);
 
     std::fs::write(policies.path().join("extra.cedar"), ALLOW_INVENTORY).unwrap();
-    eventually("the edit to be enforced", || async {
+    support::eventually(TIMEOUT, "the edit to be enforced", || async {
         serve.check(&charge()).await.1["allow"] == true
     })
     .await;
@@ -301,7 +283,7 @@ async fn an_edit_reloads_and_a_broken_edit_keeps_the_last_good_revision() {
         "@id(\"broken\")\npermit (principal, action, resource) when { principal.nope };\n",
     )
     .unwrap();
-    eventually("the failed reload to show on /ready", || async {
+    support::eventually(TIMEOUT, "the failed reload to show on /ready", || async {
         let (_, ready) = serve.get("/ready").await;
         ready["reload_failures"]
             .as_array()
@@ -355,7 +337,7 @@ async fn sighup_reloads_when_watching_is_off() {
     assert_eq!(serve.check(&charge()).await.1["allow"], false);
 
     serve.signal("HUP");
-    eventually("SIGHUP to reload", || async {
+    support::eventually(TIMEOUT, "SIGHUP to reload", || async {
         serve.revision().await != first
     })
     .await;

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use ward_proxy::test_util::{App, TestCa, call, copy_policies, get, http_client, http_raw};
 
+use crate::support;
+
 const MOBILE: &str = "spiffe://ward.local/ns/mobile/sa/mobile-gateway";
 const CHECKOUT: &str = "spiffe://ward.local/ns/checkout/sa/checkout-api";
 const TIMEOUT: Duration = Duration::from_secs(20);
@@ -71,16 +73,13 @@ impl ProxyProc {
         assert!(status.success());
     }
 
-    /// Waits for the process to exit without blocking the runtime.
+    /// Waits for the process to exit (see [`support::wait_exit`]).
     async fn wait_exit(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "still running: {}", self.logs());
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let stderr = self.stderr.clone();
+        support::wait_exit(&mut self.child, TIMEOUT, || {
+            std::fs::read_to_string(&stderr).unwrap_or_default()
+        })
+        .await
     }
 
     fn logs(&self) -> String {
@@ -148,18 +147,6 @@ fn registry_to(service: &str, addr: SocketAddr, id: &str) -> String {
     )
 }
 
-async fn poll<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + TIMEOUT;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_proxies_allow_then_deny_after_a_policy_reload_and_audit_both() {
     let dir = tempfile::tempdir().unwrap();
@@ -221,7 +208,7 @@ async fn two_proxies_allow_then_deny_after_a_policy_reload_and_audit_both() {
     .unwrap();
     b.signal("HUP");
     // Polls carry their own request id: until the reload lands they are still allowed.
-    poll("the reloaded policy to deny", || {
+    support::eventually(TIMEOUT, "the reloaded policy to deny", || {
         let client = client.clone();
         async move {
             call(

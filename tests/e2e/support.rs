@@ -1,5 +1,9 @@
 //! Helpers shared by the end-to-end tests.
 
+use std::future::Future;
+use std::process::{Child, ExitStatus};
+use std::time::{Duration, Instant};
+
 use assert_cmd::Command;
 
 /// The `ward` binary built for this test run, with a quiet, predictable environment.
@@ -19,4 +23,34 @@ pub(crate) fn write_file(dir: &tempfile::TempDir, name: &str, text: &str) -> std
     let path = dir.path().join(name);
     std::fs::write(&path, text).expect("write test file");
     path
+}
+
+/// Waits for `child` to exit without blocking the runtime, so that the test's own connections
+/// keep answering the server's shutdown (GOAWAY, PING); past `timeout` it fails with `logs()`.
+pub(crate) async fn wait_exit(
+    child: &mut Child,
+    timeout: Duration,
+    logs: impl Fn() -> String,
+) -> ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("child status") {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "still running: {}", logs());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls `check` until it returns true, failing after `timeout`.
+pub(crate) async fn eventually<F, Fut>(timeout: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
 }
