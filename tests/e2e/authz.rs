@@ -177,20 +177,8 @@ pub(crate) async fn call(addr: SocketAddr, method: &str, path: &str, body: &str)
 
 /// A copy of the demo policies (`policies/`) without their tests, which edits would break.
 pub(crate) fn policies_copy() -> tempfile::TempDir {
-    fn copy(from: &Path, to: &Path) {
-        std::fs::create_dir_all(to).unwrap();
-        for entry in std::fs::read_dir(from).unwrap() {
-            let entry = entry.unwrap();
-            let target = to.join(entry.file_name());
-            if entry.file_type().unwrap().is_dir() {
-                copy(&entry.path(), &target);
-            } else {
-                std::fs::copy(entry.path(), &target).unwrap();
-            }
-        }
-    }
     let dir = tempfile::tempdir().unwrap();
-    copy(&repo_path("policies"), dir.path());
+    ward_proxy::test_util::copy_dir(&repo_path("policies"), dir.path());
     std::fs::remove_dir_all(dir.path().join("tests")).unwrap();
     dir
 }

@@ -13,21 +13,8 @@ fn demo() -> PathBuf {
 /// A copy of `policies/` to change.
 fn copy_demo() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    copy_dir(&demo(), dir.path());
+    ward_proxy::test_util::copy_dir(&demo(), dir.path());
     dir
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }
 
 fn write(dir: &Path, rel: &str, text: &str) {
