@@ -53,6 +53,9 @@ pub enum Error {
     /// A record could not be made durable (strict mode fails the request closed).
     #[error("audit record could not be made durable: {0}")]
     NotDurable(String),
+    /// The writer's thread or runtime could not be started.
+    #[error("starting the audit writer: {0}")]
+    Start(std::io::Error),
     /// The writer has stopped.
     #[error("the audit writer has stopped")]
     Closed,

@@ -381,6 +381,64 @@ async fn records_arriving_one_by_one_are_committed_together() {
 }
 
 #[tokio::test]
+async fn a_full_batch_is_committed_before_the_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = sqlite(&dir).await;
+    let mut cfg = config(&dir);
+    cfg.flush_interval = Duration::from_secs(30);
+    cfg.batch_size = 10;
+    let (auditor, _task) = Auditor::spawn(store.clone(), None, cfg).await.unwrap();
+    // The writer sleeps through the group-commit wait; the tenth record must wake it.
+    for i in 0..9 {
+        auditor.record(record(i)).unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let written = &auditor.metrics().written;
+    assert_eq!(written.load(Ordering::Relaxed), 0, "9 of 10 wait for more");
+    auditor.record(record(9)).unwrap();
+    let start = std::time::Instant::now();
+    while written.load(Ordering::Relaxed) < 10 && start.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(written.load(Ordering::Relaxed), 10);
+    assert_eq!(auditor.metrics().batches.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn the_writer_runs_on_its_own_lower_priority_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = sqlite(&dir).await;
+    let (auditor, task) = Auditor::spawn(store.clone(), None, config(&dir))
+        .await
+        .unwrap();
+    auditor.record(record(0)).unwrap();
+    drain(&auditor).await;
+    // /proc/self/task/TID/stat: field 19 (after the parenthesized name) is the nice value.
+    let mut nices = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap() {
+        let dir = task.unwrap().path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap();
+        if comm.trim() == "ward-audit" {
+            let stat = std::fs::read_to_string(dir.join("stat")).unwrap();
+            let fields: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split(' ').collect();
+            nices.push(fields[16].parse::<i32>().unwrap());
+        }
+    }
+    // Other tests in this process run writers of their own.
+    assert!(!nices.is_empty());
+    assert!(
+        nices.iter().all(|n| *n == crate::writer::WRITER_NICE),
+        "{nices:?}"
+    );
+    drop(auditor);
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("the writer stops once every handle is gone")
+        .unwrap();
+    assert_eq!(all(store.db().unwrap()).await.len(), 1);
+}
+
+#[tokio::test]
 async fn a_full_queue_overflows_to_disk_without_losing_records() {
     let dir = tempfile::tempdir().unwrap();
     let (store, _) = sqlite(&dir).await;

@@ -3,10 +3,10 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -17,6 +17,9 @@ use crate::metrics::Metrics;
 use crate::record::AuditRecord;
 use crate::spool::{Overflow, Spool};
 use crate::store::Store;
+
+/// The writer thread's default nice value (see [`Config::nice`]).
+pub const WRITER_NICE: i32 = 5;
 
 /// Writer settings (documented in docs/AUDIT.md).
 #[derive(Debug, Clone)]
@@ -39,12 +42,21 @@ pub struct Config {
     pub spool_dir: PathBuf,
     /// Fail callers closed when their record cannot be made durable.
     pub strict: bool,
+    /// The nice value of the writer's thread (0 to 19), which SQLite's own thread inherits:
+    /// above 0, request handling on the same core runs first and the writer catches up in
+    /// the gaps.
+    pub nice: i32,
 }
 
 /// The handle request paths use to hand over records. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Auditor {
     tx: mpsc::Sender<Msg>,
+    // Wakes the writer before its group-commit deadline: a full batch, a strict caller, a flush.
+    wake: Arc<Notify>,
+    // Records handed over through the queue and not yet committed.
+    pending: Arc<AtomicUsize>,
+    batch_size: usize,
     overflow: Arc<Overflow>,
     overflow_pending: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
@@ -61,6 +73,8 @@ enum Msg {
 
 struct Writer {
     rx: mpsc::Receiver<Msg>,
+    wake: Arc<Notify>,
+    pending: Arc<AtomicUsize>,
     store: Store,
     spool: Spool,
     overflow: Arc<Overflow>,
@@ -89,6 +103,7 @@ impl Config {
             retry_interval: Duration::from_secs(1),
             spool_dir,
             strict: false,
+            nice: WRITER_NICE,
         }
     }
 }
@@ -96,9 +111,10 @@ impl Config {
 // === impl Auditor ===
 
 impl Auditor {
-    /// Starts the writer. The store must be reachable now, so the chain continues exactly
-    /// where it stopped; afterwards outages are spooled. The task ends when every handle is
-    /// dropped, after writing what it holds.
+    /// Starts the writer on a thread of its own. The store must be reachable now, so the
+    /// chain continues exactly where it stopped; afterwards outages are spooled. The returned
+    /// task ends when the writer has stopped, which it does once every handle is dropped,
+    /// after writing what it holds.
     pub async fn spawn(
         store: Store,
         key: Option<Arc<AuditKey>>,
@@ -116,8 +132,12 @@ impl Auditor {
         let overflow = Arc::new(Overflow::new(&cfg.spool_dir));
         let overflow_pending = Arc::new(AtomicBool::new(true));
         let metrics = Arc::new(Metrics::default());
+        let wake = Arc::new(Notify::new());
+        let pending = Arc::new(AtomicUsize::new(0));
         let writer = Writer {
             rx,
+            wake: wake.clone(),
+            pending: pending.clone(),
             store,
             spool,
             overflow: overflow.clone(),
@@ -130,10 +150,13 @@ impl Auditor {
             last_retry: Instant::now(),
             cfg: cfg.clone(),
         };
-        let task = tokio::spawn(writer.run());
+        let task = run_on_own_thread(writer)?;
         Ok((
             Self {
                 tx,
+                wake,
+                pending,
+                batch_size: cfg.batch_size.max(1),
                 overflow,
                 overflow_pending,
                 metrics,
@@ -147,9 +170,17 @@ impl Auditor {
     /// overflow file instead; an error means it could not be kept anywhere (and was counted
     /// as dropped).
     pub fn record(&self, record: AuditRecord) -> Result<(), Error> {
+        // Counted before sending, so that the writer never subtracts a record not yet added.
+        let pending = self.pending.fetch_add(1, Ordering::AcqRel) + 1;
         match self.tx.try_send(Msg::Record(Box::new(record), None)) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                if pending >= self.batch_size {
+                    self.wake.notify_one();
+                }
+                Ok(())
+            }
             Err(mpsc::error::TrySendError::Full(Msg::Record(record, _))) => {
+                self.pending.fetch_sub(1, Ordering::AcqRel);
                 match self.overflow.push(&record) {
                     Ok(()) => {
                         Metrics::add(&self.metrics.overflowed, 1);
@@ -162,7 +193,10 @@ impl Auditor {
                     }
                 }
             }
-            Err(_) => Err(Error::Closed),
+            Err(_) => {
+                self.pending.fetch_sub(1, Ordering::AcqRel);
+                Err(Error::Closed)
+            }
         }
     }
 
@@ -170,13 +204,18 @@ impl Auditor {
     /// Strict mode uses this, so a request whose record cannot be kept is refused.
     pub async fn record_durable(&self, record: AuditRecord) -> Result<(), Error> {
         let (ack, done) = oneshot::channel();
+        self.pending.fetch_add(1, Ordering::AcqRel);
         self.tx
             .send_timeout(
                 Msg::Record(Box::new(record), Some(ack)),
                 Duration::from_secs(1),
             )
             .await
-            .map_err(|_| Error::NotDurable("the audit queue stayed full".into()))?;
+            .map_err(|_| {
+                self.pending.fetch_sub(1, Ordering::AcqRel);
+                Error::NotDurable("the audit queue stayed full".into())
+            })?;
+        self.wake.notify_one();
         done.await
             .map_err(|_| Error::Closed)?
             .map_err(Error::NotDurable)
@@ -199,6 +238,7 @@ impl Auditor {
             .send(Msg::Flush(tx))
             .await
             .map_err(|_| Error::Closed)?;
+        self.wake.notify_one();
         rx.await.map_err(|_| Error::Closed)
     }
 
@@ -210,6 +250,41 @@ impl Auditor {
     /// Whether callers must fail closed when a record cannot be made durable.
     pub fn is_strict(&self) -> bool {
         self.strict
+    }
+}
+
+/// Runs the writer on its own thread and current-thread runtime, so that hash-chaining and
+/// binding a batch of a thousand records never holds up request tasks on the caller's
+/// runtime (a proxy runs one worker thread), and the thread's priority can be lowered.
+fn run_on_own_thread(writer: Writer) -> Result<JoinHandle<()>, Error> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(Error::Start)?;
+    let nice = writer.cfg.nice.clamp(0, 19);
+    let (done_tx, done_rx) = oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name("ward-audit".into())
+        .spawn(move || {
+            set_nice(nice);
+            runtime.block_on(writer.run());
+            let _ = done_tx.send(());
+        })
+        .map_err(Error::Start)?;
+    Ok(tokio::spawn(async move {
+        let _ = done_rx.await;
+    }))
+}
+
+/// Sets the calling thread's nice value; threads it starts later (SQLite's) inherit it.
+fn set_nice(nice: i32) {
+    if nice == 0 {
+        return;
+    }
+    // Linux keeps the nice value per thread, so naming this thread's id changes only it.
+    let tid = rustix::thread::gettid();
+    if let Err(e) = rustix::process::setpriority_process(Some(tid), nice) {
+        tracing::debug!(error = %e, nice, "could not lower the audit writer's priority");
     }
 }
 
@@ -231,10 +306,12 @@ impl Writer {
                 },
                 _ = tick.tick() => {}
             }
-            self.drain_queue(&mut batch, &mut acks, &mut flushes);
+            closed |= self.drain_queue(&mut batch, &mut acks, &mut flushes);
             // Group commit: a transaction costs far more than a row, so a batch waits for more
             // records until it is full or its first record has waited `flush_interval`, unless
-            // a caller is waiting for durability (strict) or a flush.
+            // a caller is waiting for durability (strict) or a flush. The writer sleeps through
+            // the wait instead of taking records one by one: waking per record cost a context
+            // switch each, on the core the requests run on.
             let deadline = tokio::time::Instant::now() + self.cfg.flush_interval;
             while !batch.is_empty()
                 && batch.len() < self.cfg.batch_size
@@ -242,15 +319,16 @@ impl Writer {
                 && flushes.is_empty()
                 && !closed
             {
-                match tokio::time::timeout_at(deadline, self.rx.recv()).await {
-                    Ok(Some(msg)) => {
-                        sort(msg, &mut batch, &mut acks, &mut flushes);
-                        self.drain_queue(&mut batch, &mut acks, &mut flushes);
-                    }
-                    Ok(None) => closed = true,
-                    Err(_) => break,
+                let timed_out = tokio::select! {
+                    _ = tokio::time::sleep_until(deadline) => true,
+                    _ = self.wake.notified() => false,
+                };
+                closed |= self.drain_queue(&mut batch, &mut acks, &mut flushes);
+                if timed_out {
+                    break;
                 }
             }
+            let from_queue = batch.len();
             if self.overflow_pending.swap(false, Ordering::AcqRel) {
                 match self.overflow.take() {
                     Ok(records) => batch.extend(records),
@@ -258,6 +336,7 @@ impl Writer {
                 }
             }
             self.commit(&batch, acks).await;
+            self.pending.fetch_sub(from_queue, Ordering::AcqRel);
             let force = closed || !flushes.is_empty();
             if !self.spool.is_empty()
                 && (force || self.last_retry.elapsed() >= self.cfg.retry_interval)
@@ -275,19 +354,22 @@ impl Writer {
         }
     }
 
-    /// Moves what is queued right now into the batch, up to `batch_size`.
+    /// Moves what is queued right now into the batch, up to `batch_size`. True when every
+    /// handle is gone and nothing is left.
     fn drain_queue(
         &mut self,
         batch: &mut Vec<AuditRecord>,
         acks: &mut Vec<Ack>,
         flushes: &mut Vec<oneshot::Sender<bool>>,
-    ) {
+    ) -> bool {
         while batch.len() < self.cfg.batch_size {
             match self.rx.try_recv() {
                 Ok(msg) => sort(msg, batch, acks, flushes),
-                Err(_) => break,
+                Err(mpsc::error::TryRecvError::Empty) => return false,
+                Err(mpsc::error::TryRecvError::Disconnected) => return true,
             }
         }
+        false
     }
 
     async fn commit(&mut self, batch: &[AuditRecord], acks: Vec<Ack>) {
