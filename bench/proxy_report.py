@@ -71,7 +71,17 @@ def derive(setups):
 def ratio(a, b):
     if a is None or b is None or b == 0:
         return None
-    return round(a / b, 2)
+    return round(a / b, 3)
+
+
+def at_most(a, b, limit):
+    """a ≤ limit × b, on the unrounded values (a rounded ratio can pass a goal it misses)."""
+    return a is not None and b is not None and b != 0 and a <= limit * b
+
+
+def at_least(a, b, limit):
+    """a ≥ limit × b, on the unrounded values."""
+    return a is not None and b is not None and b != 0 and a >= limit * b
 
 
 def goals(setups):
@@ -89,32 +99,34 @@ def goals(setups):
             out.append({
                 "goal": f"added {q} per hop at {point} ≤ 0.5× Envoy",
                 "ward": wa, "envoy": ea, "ratio": r,
-                "met": r is not None and wa <= 0.5 * ea,
+                "met": at_most(wa, ea, 0.5),
             })
     ws, es = w["points"].get("saturation"), e["points"].get("saturation")
     if ws and es:
         r = ratio(ws["rps"], es["rps"])
         out.append({"goal": "max rps (two hops, wrk saturation) ≥ 2× Envoy", "ward": ws["rps"],
-                    "envoy": es["rps"], "ratio": r, "met": r is not None and r >= 2})
+                    "envoy": es["rps"], "ratio": r, "met": at_least(ws["rps"], es["rps"], 2)})
         r = ratio(ws.get("rps_per_busiest_core"), es.get("rps_per_busiest_core"))
         out.append({"goal": "max rps per worker core ≥ 2× Envoy", "ward": ws.get("rps_per_busiest_core"),
-                    "envoy": es.get("rps_per_busiest_core"), "ratio": r, "met": r is not None and r >= 2})
+                    "envoy": es.get("rps_per_busiest_core"), "ratio": r,
+                    "met": at_least(ws.get("rps_per_busiest_core"), es.get("rps_per_busiest_core"), 2)})
         hs = h and h["points"].get("saturation")
         if hs:
             r = ratio(ws.get("rps_per_busiest_core"), hs.get("rps_per_busiest_core"))
             out.append({"goal": "max rps per worker core ≥ 0.8× HAProxy (plain HTTP)",
                         "ward": ws.get("rps_per_busiest_core"), "haproxy": hs.get("rps_per_busiest_core"),
-                        "ratio": r, "met": r is not None and r >= 0.8})
+                        "ratio": r,
+                        "met": at_least(ws.get("rps_per_busiest_core"), hs.get("rps_per_busiest_core"), 0.8)})
     w_peak = max(w["rss_peak_kb"].values(), default=None)
     e_peak = max(e["rss_peak_kb"].values(), default=None)
     r = ratio(w_peak, e_peak)
     out.append({"goal": "RSS under load ≤ 0.5× Envoy (largest proxy, VmHWM)", "ward_kb": w_peak,
-                "envoy_kb": e_peak, "ratio": r, "met": r is not None and r <= 0.5})
+                "envoy_kb": e_peak, "ratio": r, "met": at_most(w_peak, e_peak, 0.5)})
     w_idle = max(w["rss_idle_kb"].values(), default=None)
     e_idle = max(e["rss_idle_kb"].values(), default=None)
     r = ratio(w_idle, e_idle)
     out.append({"goal": "RSS idle ≤ 0.5× Envoy and < 20 MB", "ward_kb": w_idle, "envoy_kb": e_idle,
-                "ratio": r, "met": r is not None and r <= 0.5 and w_idle < 20 * 1024})
+                "ratio": r, "met": at_most(w_idle, e_idle, 0.5) and w_idle < 20 * 1024})
     for other, goal, limit in (("ward-no-audit", "audit on vs off: end-to-end p99 at {} ≤ 1.1×", 1.1),
                                ("ward-jsonl-audit", "audit in SQLite on disk vs JSONL on tmpfs: end-to-end p99 at {} (information)", None)):
         n = setups.get(other)
@@ -126,7 +138,7 @@ def goals(setups):
             on, off = w["points"][point]["p99_us"], n["points"][point]["p99_us"]
             r = ratio(on, off)
             out.append({"goal": goal.format(point), "ward": on, other: off, "ratio": r,
-                        "met": None if limit is None else (r is not None and r <= limit)})
+                        "met": None if limit is None else at_most(on, off, limit)})
     return out
 
 

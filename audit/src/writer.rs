@@ -96,7 +96,7 @@ impl Config {
         Self {
             node: node.to_owned(),
             queue_capacity: 65_536,
-            batch_size: 1_000,
+            batch_size: 250,
             flush_interval: Duration::from_millis(100),
             checkpoint_every: 10_000,
             checkpoint_interval: Duration::from_secs(60),
@@ -254,7 +254,7 @@ impl Auditor {
 }
 
 /// Runs the writer on its own thread and current-thread runtime, so that hash-chaining and
-/// binding a batch of a thousand records never holds up request tasks on the caller's
+/// binding a batch of records never holds up request tasks on the caller's
 /// runtime (a proxy runs one worker thread), and the thread's priority can be lowered.
 fn run_on_own_thread(writer: Writer) -> Result<JoinHandle<()>, Error> {
     let runtime = tokio::runtime::Builder::new_current_thread()

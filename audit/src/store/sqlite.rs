@@ -27,10 +27,12 @@ pub(super) const PRAGMAS: [(&str, &str); 5] = [
     ("synchronous", "NORMAL"),
     // The busy timeout rides out short locks instead of failing the batch.
     ("busy_timeout", "2000"),
-    // 8 MiB keeps the hot index pages across batches. A larger cache made each commit slower
-    // (SQLite walks the whole page cache at the end of every write transaction) and was most
-    // of a proxy's resident memory: 64 MiB measured 72k records/s in the bench, 8 MiB 75–77k.
-    ("cache_size", "-8192"),
+    // 2 MiB keeps the hot index pages (the right edges of the time-ordered indexes) across
+    // batches. A larger cache made each commit slower (SQLite walks the whole page cache at
+    // the end of every write transaction) and was most of a proxy's resident memory: 64 MiB
+    // measured 72k records/s in the bench, 8 MiB 75–77k; 2 MiB took a proxy's peak RSS under
+    // load from 44 to 37 MiB at no measurable cost (docs/PERFORMANCE.md).
+    ("cache_size", "-2048"),
     ("temp_store", "MEMORY"),
 ];
 
