@@ -198,7 +198,7 @@ def render(setups, meta, goal_rows):
         rows = []
         for g in goal_rows:
             vals = ", ".join(f"{k}={fmt(v)}" for k, v in g.items() if k not in ("goal", "met", "ratio"))
-            rows.append([g["goal"], vals, fmt(g["ratio"]), "–" if g["met"] is None else ("met" if g["met"] else "NOT met")])
+            rows.append([g["goal"], vals, "–" if g["ratio"] is None else f"{g['ratio']:.3f}", "–" if g["met"] is None else ("met" if g["met"] else "NOT met")])
         out.append("Goals (issue 6), `ward` setup against `envoy` (and `haproxy`)")
         out.append(table(rows, ["goal", "values", "ratio", "result"]))
     return "\n".join(out) + "\n"
