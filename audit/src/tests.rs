@@ -405,6 +405,28 @@ async fn a_full_batch_is_committed_before_the_deadline() {
 }
 
 #[tokio::test]
+async fn the_writer_stops_when_the_last_handle_goes_without_waiting_out_its_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = sqlite(&dir).await;
+    let mut cfg = config(&dir);
+    cfg.flush_interval = Duration::from_secs(60);
+    let (auditor, task) = Auditor::spawn(store.clone(), None, cfg).await.unwrap();
+    let second = auditor.clone();
+    for i in 0..3 {
+        auditor.record(record(i)).unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(auditor);
+    second.record(record(3)).unwrap();
+    drop(second);
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("the writer stops long before its 60 s batch deadline")
+        .unwrap();
+    assert_exactly_once_in_order(&all(store.db().unwrap()).await, 4);
+}
+
+#[tokio::test]
 async fn the_writer_runs_on_its_own_lower_priority_thread() {
     let dir = tempfile::tempdir().unwrap();
     let (store, _) = sqlite(&dir).await;

@@ -52,8 +52,9 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub struct Auditor {
     tx: mpsc::Sender<Msg>,
-    // Wakes the writer before its group-commit deadline: a full batch, a strict caller, a flush.
-    wake: Arc<Notify>,
+    // Wakes the writer before its group-commit deadline: a full batch, a strict caller, a
+    // flush, the last handle going away.
+    wake: Arc<LastHandle>,
     // Records handed over through the queue and not yet committed.
     pending: Arc<AtomicUsize>,
     batch_size: usize,
@@ -64,6 +65,17 @@ pub struct Auditor {
 }
 
 type Ack = oneshot::Sender<Result<(), String>>;
+
+/// Shared by every clone of an [`Auditor`]; dropped with the last one, after its sender, it
+/// wakes the writer so that it stops at once instead of at the end of its group-commit wait.
+#[derive(Debug)]
+struct LastHandle(Arc<Notify>);
+
+impl Drop for LastHandle {
+    fn drop(&mut self) {
+        self.0.notify_one();
+    }
+}
 
 #[derive(Debug)]
 enum Msg {
@@ -154,7 +166,7 @@ impl Auditor {
         Ok((
             Self {
                 tx,
-                wake,
+                wake: Arc::new(LastHandle(wake)),
                 pending,
                 batch_size: cfg.batch_size.max(1),
                 overflow,
@@ -175,7 +187,7 @@ impl Auditor {
         match self.tx.try_send(Msg::Record(Box::new(record), None)) {
             Ok(()) => {
                 if pending >= self.batch_size {
-                    self.wake.notify_one();
+                    self.wake.0.notify_one();
                 }
                 Ok(())
             }
@@ -215,7 +227,7 @@ impl Auditor {
                 self.pending.fetch_sub(1, Ordering::AcqRel);
                 Error::NotDurable("the audit queue stayed full".into())
             })?;
-        self.wake.notify_one();
+        self.wake.0.notify_one();
         done.await
             .map_err(|_| Error::Closed)?
             .map_err(Error::NotDurable)
@@ -238,7 +250,7 @@ impl Auditor {
             .send(Msg::Flush(tx))
             .await
             .map_err(|_| Error::Closed)?;
-        self.wake.notify_one();
+        self.wake.0.notify_one();
         rx.await.map_err(|_| Error::Closed)
     }
 
@@ -263,16 +275,26 @@ fn run_on_own_thread(writer: Writer) -> Result<JoinHandle<()>, Error> {
         .map_err(Error::Start)?;
     let nice = writer.cfg.nice.clamp(0, 19);
     let (done_tx, done_rx) = oneshot::channel::<()>();
+    // Aborting the returned task (or dropping its runtime) drops `stop_tx`, which stops the
+    // writer where it is, as aborting the writer's own task did when it ran on the caller's
+    // runtime.
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
     std::thread::Builder::new()
         .name("ward-audit".into())
         .spawn(move || {
             set_nice(nice);
-            runtime.block_on(writer.run());
+            runtime.block_on(async {
+                tokio::select! {
+                    () = writer.run() => {}
+                    _ = stop_rx => {}
+                }
+            });
             let _ = done_tx.send(());
         })
         .map_err(Error::Start)?;
     Ok(tokio::spawn(async move {
         let _ = done_rx.await;
+        drop(stop_tx);
     }))
 }
 
