@@ -106,6 +106,19 @@ async fn sqlite(dir: &tempfile::TempDir) -> (Store, String) {
     (Store::open(&url).await.unwrap(), url)
 }
 
+/// A SQLite store in `dir` and a writer without a key, its settings `config(dir)` changed by
+/// `tweak`.
+async fn sqlite_writer(
+    dir: &tempfile::TempDir,
+    tweak: impl FnOnce(&mut Config),
+) -> (Store, Auditor, tokio::task::JoinHandle<()>) {
+    let (store, _) = sqlite(dir).await;
+    let mut cfg = config(dir);
+    tweak(&mut cfg);
+    let (auditor, task) = Auditor::spawn(store.clone(), None, cfg).await.unwrap();
+    (store, auditor, task)
+}
+
 /// Flushes until the spool is empty (the store may need a moment to come back).
 async fn drain(auditor: &Auditor) {
     tokio::time::timeout(Duration::from_secs(30), async {
@@ -347,10 +360,8 @@ async fn sqlite_locked_by_another_writer_spools_and_replays() {
 #[tokio::test]
 async fn records_arriving_one_by_one_are_committed_together() {
     let dir = tempfile::tempdir().unwrap();
-    let (store, _) = sqlite(&dir).await;
-    let mut cfg = config(&dir);
-    cfg.flush_interval = Duration::from_secs(5);
-    let (auditor, _task) = Auditor::spawn(store.clone(), None, cfg).await.unwrap();
+    let (store, auditor, _task) =
+        sqlite_writer(&dir, |cfg| cfg.flush_interval = Duration::from_secs(5)).await;
     for i in 0..20 {
         auditor.record(record(i)).unwrap();
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -383,11 +394,11 @@ async fn records_arriving_one_by_one_are_committed_together() {
 #[tokio::test]
 async fn a_full_batch_is_committed_before_the_deadline() {
     let dir = tempfile::tempdir().unwrap();
-    let (store, _) = sqlite(&dir).await;
-    let mut cfg = config(&dir);
-    cfg.flush_interval = Duration::from_secs(30);
-    cfg.batch_size = 10;
-    let (auditor, _task) = Auditor::spawn(store.clone(), None, cfg).await.unwrap();
+    let (_store, auditor, _task) = sqlite_writer(&dir, |cfg| {
+        cfg.flush_interval = Duration::from_secs(30);
+        cfg.batch_size = 10;
+    })
+    .await;
     // The writer sleeps through the group-commit wait; the tenth record must wake it.
     for i in 0..9 {
         auditor.record(record(i)).unwrap();
@@ -407,10 +418,8 @@ async fn a_full_batch_is_committed_before_the_deadline() {
 #[tokio::test]
 async fn the_writer_stops_when_the_last_handle_goes_without_waiting_out_its_batch() {
     let dir = tempfile::tempdir().unwrap();
-    let (store, _) = sqlite(&dir).await;
-    let mut cfg = config(&dir);
-    cfg.flush_interval = Duration::from_secs(60);
-    let (auditor, task) = Auditor::spawn(store.clone(), None, cfg).await.unwrap();
+    let (store, auditor, task) =
+        sqlite_writer(&dir, |cfg| cfg.flush_interval = Duration::from_secs(60)).await;
     let second = auditor.clone();
     for i in 0..3 {
         auditor.record(record(i)).unwrap();
@@ -429,10 +438,7 @@ async fn the_writer_stops_when_the_last_handle_goes_without_waiting_out_its_batc
 #[tokio::test]
 async fn the_writer_runs_on_its_own_lower_priority_thread() {
     let dir = tempfile::tempdir().unwrap();
-    let (store, _) = sqlite(&dir).await;
-    let (auditor, task) = Auditor::spawn(store.clone(), None, config(&dir))
-        .await
-        .unwrap();
+    let (store, auditor, task) = sqlite_writer(&dir, |_| {}).await;
     auditor.record(record(0)).unwrap();
     drain(&auditor).await;
     // /proc/self/task/TID/stat: field 19 (after the parenthesized name) is the nice value.
@@ -463,10 +469,7 @@ async fn the_writer_runs_on_its_own_lower_priority_thread() {
 #[tokio::test]
 async fn a_full_queue_overflows_to_disk_without_losing_records() {
     let dir = tempfile::tempdir().unwrap();
-    let (store, _) = sqlite(&dir).await;
-    let mut cfg = config(&dir);
-    cfg.queue_capacity = 4;
-    let (auditor, _task) = Auditor::spawn(store.clone(), None, cfg).await.unwrap();
+    let (store, auditor, _task) = sqlite_writer(&dir, |cfg| cfg.queue_capacity = 4).await;
     for i in 0..1_000 {
         auditor.record(record(i)).unwrap();
     }

@@ -184,30 +184,28 @@ impl Auditor {
     pub fn record(&self, record: AuditRecord) -> Result<(), Error> {
         // Counted before sending, so that the writer never subtracts a record not yet added.
         let pending = self.pending.fetch_add(1, Ordering::AcqRel) + 1;
-        match self.tx.try_send(Msg::Record(Box::new(record), None)) {
+        let err = match self.tx.try_send(Msg::Record(Box::new(record), None)) {
             Ok(()) => {
                 if pending >= self.batch_size {
                     self.wake.0.notify_one();
                 }
+                return Ok(());
+            }
+            Err(err) => err,
+        };
+        self.pending.fetch_sub(1, Ordering::AcqRel);
+        let mpsc::error::TrySendError::Full(Msg::Record(record, _)) = err else {
+            return Err(Error::Closed);
+        };
+        match self.overflow.push(&record) {
+            Ok(()) => {
+                Metrics::add(&self.metrics.overflowed, 1);
+                self.overflow_pending.store(true, Ordering::Release);
                 Ok(())
             }
-            Err(mpsc::error::TrySendError::Full(Msg::Record(record, _))) => {
-                self.pending.fetch_sub(1, Ordering::AcqRel);
-                match self.overflow.push(&record) {
-                    Ok(()) => {
-                        Metrics::add(&self.metrics.overflowed, 1);
-                        self.overflow_pending.store(true, Ordering::Release);
-                        Ok(())
-                    }
-                    Err(e) => {
-                        Metrics::add(&self.metrics.dropped, 1);
-                        Err(e)
-                    }
-                }
-            }
-            Err(_) => {
-                self.pending.fetch_sub(1, Ordering::AcqRel);
-                Err(Error::Closed)
+            Err(e) => {
+                Metrics::add(&self.metrics.dropped, 1);
+                Err(e)
             }
         }
     }
