@@ -68,20 +68,26 @@ def derive(setups):
             sat["rps_per_busiest_core"] = round(sat["rps"] / busiest) if busiest else None
 
 
-def ratio(a, b):
+def exact_ratio(a, b):
     if a is None or b is None or b == 0:
         return None
-    return round(a / b, 3)
+    return a / b
 
 
+def ratio(a, b):
+    r = exact_ratio(a, b)
+    return None if r is None else round(r, 3)
+
+
+# Goals are checked on the unrounded ratio: a rounded one can pass a goal it misses.
 def at_most(a, b, limit):
-    """a ≤ limit × b, on the unrounded values (a rounded ratio can pass a goal it misses)."""
-    return a is not None and b is not None and b != 0 and a <= limit * b
+    r = exact_ratio(a, b)
+    return r is not None and r <= limit
 
 
 def at_least(a, b, limit):
-    """a ≥ limit × b, on the unrounded values."""
-    return a is not None and b is not None and b != 0 and a >= limit * b
+    r = exact_ratio(a, b)
+    return r is not None and r >= limit
 
 
 def goals(setups):
@@ -106,17 +112,15 @@ def goals(setups):
         r = ratio(ws["rps"], es["rps"])
         out.append({"goal": "max rps (two hops, wrk saturation) ≥ 2× Envoy", "ward": ws["rps"],
                     "envoy": es["rps"], "ratio": r, "met": at_least(ws["rps"], es["rps"], 2)})
-        r = ratio(ws.get("rps_per_busiest_core"), es.get("rps_per_busiest_core"))
-        out.append({"goal": "max rps per worker core ≥ 2× Envoy", "ward": ws.get("rps_per_busiest_core"),
-                    "envoy": es.get("rps_per_busiest_core"), "ratio": r,
-                    "met": at_least(ws.get("rps_per_busiest_core"), es.get("rps_per_busiest_core"), 2)})
+        w_core, e_core = ws.get("rps_per_busiest_core"), es.get("rps_per_busiest_core")
+        out.append({"goal": "max rps per worker core ≥ 2× Envoy", "ward": w_core, "envoy": e_core,
+                    "ratio": ratio(w_core, e_core), "met": at_least(w_core, e_core, 2)})
         hs = h and h["points"].get("saturation")
         if hs:
-            r = ratio(ws.get("rps_per_busiest_core"), hs.get("rps_per_busiest_core"))
+            h_core = hs.get("rps_per_busiest_core")
             out.append({"goal": "max rps per worker core ≥ 0.8× HAProxy (plain HTTP)",
-                        "ward": ws.get("rps_per_busiest_core"), "haproxy": hs.get("rps_per_busiest_core"),
-                        "ratio": r,
-                        "met": at_least(ws.get("rps_per_busiest_core"), hs.get("rps_per_busiest_core"), 0.8)})
+                        "ward": w_core, "haproxy": h_core,
+                        "ratio": ratio(w_core, h_core), "met": at_least(w_core, h_core, 0.8)})
     w_peak = max(w["rss_peak_kb"].values(), default=None)
     e_peak = max(e["rss_peak_kb"].values(), default=None)
     r = ratio(w_peak, e_peak)
