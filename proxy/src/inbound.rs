@@ -40,6 +40,8 @@ struct Inbound {
     inputs: Arc<ProxyInputs>,
     acceptor: TlsAcceptor,
     app: AppClient,
+    // The audit records' resource, formatted once instead of per request.
+    audit_resource: String,
 }
 
 /// What phase 2 decided, for the forward, the metrics and the access log.
@@ -67,6 +69,7 @@ pub(crate) async fn serve(inputs: Arc<ProxyInputs>, listener: TcpListener) {
         inputs: inputs.clone(),
         acceptor,
         app,
+        audit_resource: format!("Service::\"{}\"", inputs.cfg.service),
     });
     accept_loop(
         inputs,
@@ -282,7 +285,7 @@ impl Inbound {
         let mut r = AuditRecord::new(&self.inputs.cfg.node, &ctx.request_id);
         r.trace_id = Some(ctx.trace_id.clone());
         r.principal = peer.to_string();
-        r.resource = format!("Service::\"{}\"", self.inputs.cfg.service);
+        r.resource = self.audit_resource.clone();
         r.method = Some(ctx.method.as_str().to_owned());
         r
     }
