@@ -140,10 +140,10 @@ impl Mode {
 // === impl AuditRecord ===
 
 impl AuditRecord {
-    /// A record with a fresh random id and the current time; the caller fills the rest.
+    /// A record with a fresh time-ordered id and the current time; the caller fills the rest.
     pub fn new(node: &str, request_id: &str) -> Self {
         Self {
-            id: random_id(),
+            id: time_ordered_id(),
             time_ms: now_ms(),
             request_id: request_id.to_owned(),
             trace_id: None,
@@ -178,6 +178,23 @@ pub fn now_ms() -> i64 {
 
 /// 128 random bits as 32 hex digits.
 pub fn random_id() -> String {
+    hex(&random_bytes())
+}
+
+/// A UUIDv7 (RFC 9562) as 32 hex digits: Unix milliseconds, then 74 random bits.
+///
+/// Ids made one after another sort by time, so an index on them (the audit log's request id)
+/// grows at its end; random ids put every insert on a different page.
+pub fn time_ordered_id() -> String {
+    let mut bytes = random_bytes();
+    let ms = u64::try_from(now_ms()).unwrap_or(0).to_be_bytes();
+    bytes[..6].copy_from_slice(&ms[2..]);
+    bytes[6] = 0x70 | (bytes[6] & 0x0f);
+    bytes[8] = 0x80 | (bytes[8] & 0x3f);
+    hex(&bytes)
+}
+
+fn random_bytes() -> [u8; 16] {
     let mut bytes = [0u8; 16];
     // On failure the id is still unique enough to tell records apart: time plus a counter.
     if aws_lc_rs::rand::fill(&mut bytes).is_err() {
@@ -186,18 +203,18 @@ pub fn random_id() -> String {
         bytes[..8].copy_from_slice(&now_ms().to_be_bytes());
         bytes[8..].copy_from_slice(&n.to_be_bytes());
     }
-    hex(&bytes)
+    bytes
 }
 
 /// Lowercase hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+    s
 }
 
 /// Formats unix milliseconds as RFC 3339 UTC with milliseconds.
@@ -254,6 +271,31 @@ mod tests {
         assert!(json.contains(r#""mode":"enforce""#));
         let back: AuditRecord = serde_json::from_str(&json).unwrap();
         assert_eq!(back, r);
+    }
+
+    #[test]
+    fn time_ordered_ids_are_uuid_v7_and_sort_by_time() {
+        let before = now_ms();
+        let first = time_ordered_id();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let second = time_ordered_id();
+        for id in [&first, &second] {
+            assert_eq!(id.len(), 32, "{id}");
+            assert!(
+                id.bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+            );
+            assert_eq!(&id[12..13], "7", "version nibble of {id}");
+            assert!("89ab".contains(&id[16..17]), "variant of {id}");
+        }
+        let ms = i64::from_str_radix(&first[..12], 16).unwrap();
+        assert!(
+            (before..=now_ms()).contains(&ms),
+            "{first} carries {ms}, not now"
+        );
+        assert!(first < second, "{first} sorts before {second}");
+        assert_ne!(time_ordered_id(), time_ordered_id());
+        assert_eq!(hex(&[0x00, 0x9f, 0xff]), "009fff");
     }
 
     #[test]

@@ -197,7 +197,7 @@ impl CheckBody {
             context.time = Some(ward_audit::record::now_ms() / 1000);
         }
         if context.request_id.is_none() {
-            context.request_id = Some(ward_audit::record::random_id());
+            context.request_id = Some(ward_audit::record::time_ordered_id());
         }
         RequestSpec {
             principal: self.principal,

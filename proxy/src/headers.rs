@@ -34,7 +34,7 @@ pub(crate) fn request_id(headers: &HeaderMap) -> String {
         .filter(|v| {
             !v.is_empty() && v.len() <= MAX_REQUEST_ID && v.bytes().all(|b| b.is_ascii_graphic())
         })
-        .map_or_else(ward_audit::record::random_id, str::to_owned)
+        .map_or_else(ward_audit::record::time_ordered_id, str::to_owned)
 }
 
 /// Continues the caller's trace (same trace id, this hop as the new parent) or starts one.
