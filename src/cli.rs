@@ -80,6 +80,10 @@ pub(crate) enum ConfigKind {
     Up,
     /// `ward agent`.
     Agent,
+    /// `ward proxy` (also checks the values `ward proxy` validates before it starts).
+    Proxy,
+    /// `ward authz serve`.
+    Authz,
 }
 
 /// A group whose commands have not been built yet; it says so instead of pretending.

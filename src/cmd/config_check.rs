@@ -7,6 +7,7 @@ use crate::config::{self, ProcessEnv};
 use crate::exit;
 
 use super::agent::AgentConfig;
+use super::authz::AuthzConfig;
 use super::up::UpConfig;
 
 /// Runs `ward config …`.
@@ -16,21 +17,35 @@ pub(crate) fn run(cmd: ConfigCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Logs the resolved configuration (store URLs redacted) and prints `FILE: ok`.
 fn check(args: &ConfigCheckArgs) -> anyhow::Result<ExitCode> {
     match args.kind {
-        ConfigKind::Up => loaded::<UpConfig>(args)?,
-        ConfigKind::Agent => loaded::<AgentConfig>(args)?,
+        ConfigKind::Up => {
+            let cfg = loaded::<UpConfig>(args)?;
+            tracing::info!(?cfg, "resolved configuration");
+        }
+        ConfigKind::Agent => {
+            let cfg = loaded::<AgentConfig>(args)?;
+            tracing::info!(?cfg, "resolved configuration");
+        }
+        ConfigKind::Authz => {
+            let mut cfg = loaded::<AuthzConfig>(args)?;
+            cfg.audit = cfg.audit.as_deref().map(ward_audit::store::redact);
+            tracing::info!(?cfg, "resolved configuration");
+        }
+        ConfigKind::Proxy => {
+            let cfg = super::proxy::load(&args.file, &ProcessEnv).map_err(exit::bad_input)?;
+            tracing::info!(config = %cfg.redacted(), "resolved configuration");
+        }
     }
     println!("{}: ok", args.file.display());
     Ok(exit::OK)
 }
 
-/// Loads `args.file` as a `T` and logs the resolved configuration.
-fn loaded<T>(args: &ConfigCheckArgs) -> anyhow::Result<()>
+/// Loads `args.file` as a `T`; every problem is the user's input (exit 2).
+fn loaded<T>(args: &ConfigCheckArgs) -> anyhow::Result<T>
 where
-    T: serde::de::DeserializeOwned + config::Overrides + std::fmt::Debug,
+    T: serde::de::DeserializeOwned + config::Overrides,
 {
-    let cfg = config::load::<T>(&args.file, &ProcessEnv).map_err(exit::bad_input)?;
-    tracing::info!(?cfg, "resolved configuration");
-    Ok(())
+    config::load::<T>(&args.file, &ProcessEnv).map_err(exit::bad_input)
 }

@@ -7,7 +7,7 @@
 
 use std::io::Write as _;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -56,16 +56,16 @@ impl Overrides for ProxyFile {
 }
 
 /// Loads and validates the file; every problem here is the user's input (exit 2).
-fn load(args: &ProxyArgs, env: &dyn Env) -> anyhow::Result<ward_proxy::Config> {
-    let cfg = config::load::<ProxyFile>(&args.config, env)?.0;
+pub(crate) fn load(path: &Path, env: &dyn Env) -> anyhow::Result<ward_proxy::Config> {
+    let cfg = config::load::<ProxyFile>(path, env)?.0;
     cfg.validate()
-        .with_context(|| format!("`{}`", args.config.display()))?;
+        .with_context(|| format!("`{}`", path.display()))?;
     Ok(cfg)
 }
 
 /// Runs `ward proxy`.
 pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
-    let cfg = load(&args, &ProcessEnv).map_err(exit::bad_input)?;
+    let cfg = load(&args.config, &ProcessEnv).map_err(exit::bad_input)?;
     // Handlers first, so a signal sent as soon as the addresses are printed is not lost.
     let (mut hangup, shutdown) = Signals::install()?.split();
     let proxy = Proxy::build(cfg).await.map_err(|err| match err {
@@ -127,21 +127,21 @@ mod tests {
     #[test]
     fn listen_addresses_come_from_the_file_then_the_environment() {
         let (_dir, args) = write("service: checkout-api\nlisten: { inbound: \"127.0.0.1:1\" }\n");
-        let cfg = load(&args, &MapEnv::default()).unwrap();
+        let cfg = load(&args.config, &MapEnv::default()).unwrap();
         assert_eq!(cfg.listen.inbound.port(), 1);
         assert_eq!(cfg.listen.admin.port(), 15000);
         let env = MapEnv::from([
             (ENV_PROXY_INBOUND, "127.0.0.1:0"),
             (ENV_PROXY_ADMIN, "127.0.0.1:9"),
         ]);
-        let cfg = load(&args, &env).unwrap();
+        let cfg = load(&args.config, &env).unwrap();
         assert_eq!((cfg.listen.inbound.port(), cfg.listen.admin.port()), (0, 9));
     }
 
     #[test]
     fn bad_files_and_bad_overrides_say_where() {
         let (_dir, args) = write("service: checkout-api\nlisten: { inbund: \"127.0.0.1:1\" }\n");
-        let err = format!("{:#}", load(&args, &MapEnv::default()).unwrap_err());
+        let err = format!("{:#}", load(&args.config, &MapEnv::default()).unwrap_err());
         assert!(
             err.contains(":2:11: listen: unknown field `inbund`"),
             "{err}"
@@ -149,11 +149,11 @@ mod tests {
 
         let (_dir, args) = write("service: checkout-api\n");
         let env = MapEnv::from([(ENV_PROXY_OUTBOUND, "nope")]);
-        let err = format!("{:#}", load(&args, &env).unwrap_err());
+        let err = format!("{:#}", load(&args.config, &env).unwrap_err());
         assert!(err.contains("`WARD_PROXY_OUTBOUND`=`nope`"), "{err}");
 
         let (_dir, args) = write("node: a\n");
-        let err = format!("{:#}", load(&args, &MapEnv::default()).unwrap_err());
+        let err = format!("{:#}", load(&args.config, &MapEnv::default()).unwrap_err());
         assert!(
             err.contains("`service`: must name the service this proxy fronts"),
             "{err}"

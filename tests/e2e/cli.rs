@@ -172,3 +172,59 @@ fn agent_config_is_checked_as_the_agent_loads_it() {
         .stderr(predicate::str::contains(format!("{}:2:", bad.display())))
         .stderr(predicate::str::contains("default_ttl"));
 }
+
+#[test]
+fn proxy_and_authz_configs_are_checked_as_their_processes_load_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = write_file(
+        &dir,
+        "proxy.yaml",
+        "service: orders-api\naudit: { store: \"postgres://ward:s3cret@db:5432/audit\" }\n",
+    );
+    let assert = ward()
+        .args(["config", "check", "--kind", "proxy"])
+        .arg(&proxy)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(format!("{}: ok", proxy.display())));
+    let stderr = String::from_utf8(assert.get_output().stderr.clone()).unwrap();
+    assert!(stderr.contains("resolved configuration"), "{stderr}");
+    assert!(
+        !stderr.contains("s3cret"),
+        "the store password is logged: {stderr}"
+    );
+
+    // Parsed fine, refused by the proxy's own checks.
+    let unnamed = write_file(&dir, "unnamed.yaml", "node: a\n");
+    ward()
+        .args(["config", "check", "--kind", "proxy"])
+        .arg(&unnamed)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("`service`: must name the service"));
+
+    let authz = write_file(
+        &dir,
+        "authz.yaml",
+        "policies: repo\naudit: \"postgres://ward:s3cret@db/audit\"\n",
+    );
+    let assert = ward()
+        .args(["config", "check", "--kind", "authz"])
+        .arg(&authz)
+        .assert()
+        .success();
+    let stderr = String::from_utf8(assert.get_output().stderr.clone()).unwrap();
+    assert!(stderr.contains("resolved configuration"), "{stderr}");
+    assert!(
+        !stderr.contains("s3cret"),
+        "the store password is logged: {stderr}"
+    );
+    let bad = write_file(&dir, "bad-authz.yaml", "policies: repo\nlisten: nowhere\n");
+    ward()
+        .args(["config", "check", "--kind", "authz"])
+        .arg(&bad)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(format!("{}:2:", bad.display())))
+        .stderr(predicate::str::contains("listen"));
+}
