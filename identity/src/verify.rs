@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -362,6 +363,22 @@ pub fn peer_spiffe_id(peer_certs: &[CertificateDer<'_>]) -> Result<SpiffeId, Ver
         .first()
         .ok_or(VerifyError::NoUriSan)
         .and_then(check_leaf)
+}
+
+/// The moment the chain a peer presented (its SVID and any intermediates) stops being valid:
+/// a connection it authenticated must not outlive it. X.509's `notAfter` is the last valid
+/// second, so this is one second after the earliest `notAfter`, when the handshake verifier
+/// starts refusing the chain.
+pub fn peer_expiry(peer_certs: &[CertificateDer<'_>]) -> Result<SystemTime, VerifyError> {
+    let mut earliest: Option<SystemTime> = None;
+    for der in peer_certs {
+        let (_, cert) = x509_parser::parse_x509_certificate(der)
+            .map_err(|e| VerifyError::Malformed(e.to_string()))?;
+        let secs = u64::try_from(cert.validity().not_after.timestamp()).unwrap_or(0);
+        let at = UNIX_EPOCH + Duration::from_secs(secs.saturating_add(1));
+        earliest = Some(earliest.map_or(at, |e| e.min(at)));
+    }
+    earliest.ok_or_else(|| VerifyError::Malformed("no peer certificate".into()))
 }
 
 /// A server config that presents `svid` and requires client SVIDs.

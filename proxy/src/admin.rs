@@ -27,11 +27,11 @@ pub(crate) async fn serve(inputs: Arc<ProxyInputs>, listener: TcpListener) {
         inputs,
         listener,
         ListenerKind::Admin,
-        move |tcp, _peer, watcher| {
+        move |tcp, _peer, drain| {
             let inputs = shared.clone();
             async move {
                 let _open = inputs.metrics.connection("admin");
-                serve_http(tcp, watcher, move |req| {
+                serve_http(tcp, drain, None, move |req| {
                     let inputs = inputs.clone();
                     async move { handle(&inputs, &req) }
                 })

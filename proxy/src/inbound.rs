@@ -18,7 +18,6 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use hyper_util::server::graceful::Watcher;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use ward_audit::AuditRecord;
@@ -29,7 +28,7 @@ use crate::headers;
 use crate::metrics::{DurationLabels, HandshakeLabels, ResultLabels};
 use crate::proxy::ProxyInputs;
 use crate::respond::{RequestError, error_response};
-use crate::serve::{accept_loop, serve_http};
+use crate::serve::{Drain, accept_loop, serve_http};
 use crate::{BoxBody, BoxError, tls, trace};
 
 /// The connection pool to the local app.
@@ -75,9 +74,9 @@ pub(crate) async fn serve(inputs: Arc<ProxyInputs>, listener: TcpListener) {
         inputs,
         listener,
         ListenerKind::Inbound,
-        move |tcp, peer, watcher| {
+        move |tcp, peer, drain| {
             let conn = ConnCtx::new(ListenerKind::Inbound, peer, local.unwrap_or(peer));
-            inbound.clone().connection(tcp, conn, watcher)
+            inbound.clone().connection(tcp, conn, drain)
         },
     )
     .await;
@@ -95,7 +94,7 @@ impl std::fmt::Debug for Inbound {
 
 impl Inbound {
     /// Handshake, then serve HTTP on the connection.
-    async fn connection(self: Arc<Self>, tcp: TcpStream, mut conn: ConnCtx, watcher: Watcher) {
+    async fn connection(self: Arc<Self>, tcp: TcpStream, mut conn: ConnCtx, drain: Drain) {
         let metrics = &self.inputs.metrics;
         let timeout = self.inputs.cfg.handshake_timeout;
         let accepted = tokio::time::timeout(timeout, self.acceptor.accept(tcp)).await;
@@ -124,23 +123,36 @@ impl Inbound {
         };
         let (_, session) = tls.get_ref();
         conn.sni = session.server_name().map(str::to_owned);
-        match session
-            .peer_certificates()
-            .map(ward_identity::verify::peer_spiffe_id)
-        {
-            Some(Ok(id)) => conn.peer_id = Some(id),
+        let chain = session.peer_certificates().unwrap_or_default();
+        let expiry = match (
+            ward_identity::verify::peer_spiffe_id(chain),
+            ward_identity::verify::peer_expiry(chain),
+        ) {
+            (Ok(id), Ok(expiry)) => {
+                conn.peer_id = Some(id);
+                expiry
+            }
             // The verifier already required a valid SVID; getting here is a bug.
             other => {
-                debug_assert!(false, "BUG: verified peer without a SPIFFE id: {other:?}");
+                debug_assert!(
+                    false,
+                    "BUG: verified peer without an id or expiry: {other:?}"
+                );
                 failure("no_peer_id");
                 return;
             }
-        }
+        };
+        // The connection ends with the SVID that authenticated it (a rotating peer reconnects
+        // with its new one): otherwise a pooled connection would outlive an expired identity.
+        let left = expiry
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default();
+        let expires = tokio::time::Instant::now() + left;
         let _open = metrics.connection("inbound");
         let conn = Arc::new(conn);
         tracing::debug!(%conn, "inbound connection");
         let this = self.clone();
-        serve_http(tls, watcher, move |req| {
+        serve_http(tls, drain, Some(expires), move |req| {
             this.clone().request(conn.clone(), req)
         })
         .await;

@@ -99,7 +99,7 @@ pub(crate) async fn serve(inputs: Arc<ProxyInputs>, listener: TcpListener) {
         inputs,
         listener,
         ListenerKind::Outbound,
-        move |tcp, peer, watcher| {
+        move |tcp, peer, drain| {
             let inputs = shared.clone();
             let conn = Arc::new(ConnCtx::new(
                 ListenerKind::Outbound,
@@ -108,7 +108,7 @@ pub(crate) async fn serve(inputs: Arc<ProxyInputs>, listener: TcpListener) {
             ));
             async move {
                 let _open = inputs.metrics.connection("outbound");
-                serve_http(tcp, watcher, move |req| {
+                serve_http(tcp, drain, None, move |req| {
                     request(inputs.clone(), conn.clone(), req)
                 })
                 .await;

@@ -10,10 +10,11 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 
 use crate::BoxBody;
 use crate::ctx::ListenerKind;
@@ -21,6 +22,11 @@ use crate::proxy::ProxyInputs;
 
 /// Pause after a failed accept (e.g. out of file descriptors) so the loop does not spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+
+/// A connection's share of its listener's drain: the connection ends gracefully once the
+/// listener stops, and the listener waits until every share is dropped.
+#[derive(Debug)]
+pub(crate) struct Drain(watch::Receiver<bool>);
 
 /// Accepts until shutdown starts, handing each connection to `handle` on its own task; then
 /// closes the listener and drains the connections up to `drain_timeout`.
@@ -30,10 +36,10 @@ pub(crate) async fn accept_loop<F, Fut>(
     kind: ListenerKind,
     handle: F,
 ) where
-    F: Fn(TcpStream, SocketAddr, Watcher) -> Fut,
+    F: Fn(TcpStream, SocketAddr, Drain) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let graceful = GracefulShutdown::new();
+    let (drain, _) = watch::channel(false);
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
@@ -41,7 +47,7 @@ pub(crate) async fn accept_loop<F, Fut>(
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
                     let _ = tcp.set_nodelay(true);
-                    conns.spawn(handle(tcp, peer, graceful.watcher()));
+                    conns.spawn(handle(tcp, peer, Drain(drain.subscribe())));
                 }
                 Err(err) => {
                     tracing::warn!(listener = %kind, error = %err, "accept failed");
@@ -53,7 +59,8 @@ pub(crate) async fn accept_loop<F, Fut>(
     }
     drop(listener);
     let deadline = inputs.cfg.drain_timeout;
-    if tokio::time::timeout(deadline, graceful.shutdown())
+    drain.send_replace(true);
+    if tokio::time::timeout(deadline, drain.closed())
         .await
         .is_err()
     {
@@ -63,9 +70,15 @@ pub(crate) async fn accept_loop<F, Fut>(
     while conns.join_next().await.is_some() {}
 }
 
-/// Serves HTTP/1.1 and HTTP/2 on `io` until the peer closes or the drain asks it to stop.
-pub(crate) async fn serve_http<I, F, Fut>(io: I, watcher: Watcher, handler: F)
-where
+/// Serves HTTP/1.1 and HTTP/2 on `io` until the peer closes, the drain asks it to stop, or
+/// `expires` passes (the peer's SVID ran out). The last two end it gracefully: requests in
+/// flight finish, no new ones are taken (HTTP/2 `GOAWAY`; an idle HTTP/1.1 connection closes).
+pub(crate) async fn serve_http<I, F, Fut>(
+    io: I,
+    mut drain: Drain,
+    expires: Option<Instant>,
+    handler: F,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Response<BoxBody>> + Send + 'static,
@@ -79,7 +92,31 @@ where
     let conn = builder
         .serve_connection(TokioIo::new(io), service)
         .into_owned();
-    if let Err(err) = watcher.watch(conn).await {
+    tokio::pin!(conn);
+    let expiry = async move {
+        match expires {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(expiry);
+    let mut stopping = false;
+    let result = loop {
+        tokio::select! {
+            result = conn.as_mut() => break result,
+            // A dropped sender (the listener is gone) stops the connection as well.
+            _ = drain.0.wait_for(|stop| *stop), if !stopping => {
+                conn.as_mut().graceful_shutdown();
+                stopping = true;
+            }
+            () = &mut expiry, if !stopping => {
+                tracing::info!("the peer's SVID expired; closing its connection");
+                conn.as_mut().graceful_shutdown();
+                stopping = true;
+            }
+        }
+    };
+    if let Err(err) = result {
         tracing::debug!(error = %err, "connection ended with an error");
     }
 }

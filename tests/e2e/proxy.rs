@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ward_proxy::test_util::{App, TestCa, call, copy_policies, get, http_client, http_raw};
 
@@ -368,8 +368,14 @@ async fn svids_from_the_agent_rotate_under_traffic_without_failures() {
     let mut sent = 0;
     let mut rotations = (0, 0);
     let mut last = first;
-    // Continuous traffic until each side has rotated at least twice.
-    while rotations.0 < 2 || rotations.1 < 2 {
+    // The first SVIDs' last valid second; proxy B ends A's pooled connection after it.
+    let first_expired = UNIX_EPOCH + Duration::from_secs(first.0.max(first.1) + 1);
+    // Continuous traffic until each side has rotated at least twice and the connections the
+    // first SVIDs authenticated have been closed for their expiry.
+    while rotations.0 < 2
+        || rotations.1 < 2
+        || SystemTime::now() < first_expired + Duration::from_millis(500)
+    {
         assert!(
             Instant::now() < deadline,
             "rotations seen: {rotations:?}: {}",
@@ -389,6 +395,12 @@ async fn svids_from_the_agent_rotate_under_traffic_without_failures() {
         last = now;
     }
     assert!(sent > 10, "only {sent} requests");
+    assert!(
+        b.logs()
+            .contains("the peer's SVID expired; closing its connection"),
+        "proxy B never closed a connection for its expired SVID: {}",
+        b.logs()
+    );
     let _ = agent.kill();
     let _ = agent.wait();
 }

@@ -335,3 +335,24 @@ async fn client_from_another_trust_domain_is_refused_at_the_handshake() {
     let err = server_result.unwrap_err();
     assert!(err.contains("other.org"), "{err}");
 }
+
+#[test]
+fn peer_expiry_is_a_second_after_the_first_not_after_in_the_chain() {
+    let f = fixture("ward.local");
+    let id = SpiffeId::parse("spiffe://ward.local/ns/a/sa/b").unwrap();
+    let before = SystemTime::now();
+    let svid = f.ca.issue_x509(&id, Duration::from_secs(600)).unwrap();
+    let leaf_expiry = peer_expiry(&svid.cert_chain[..1]).unwrap();
+    // X.509 times have whole seconds, and `notAfter` itself is still valid.
+    let lifetime = leaf_expiry.duration_since(before).unwrap();
+    assert!(
+        (Duration::from_secs(599)..=Duration::from_secs(602)).contains(&lifetime),
+        "{lifetime:?}"
+    );
+    // A chain that ends sooner than its leaf (an expiring intermediate) ends the connection.
+    let shorter = f.ca.issue_x509(&id, Duration::from_secs(60)).unwrap();
+    let chain = [svid.cert_chain[0].clone(), shorter.cert_chain[0].clone()];
+    assert!(peer_expiry(&chain).unwrap() < leaf_expiry);
+    assert!(peer_expiry(&[]).is_err());
+    assert!(peer_expiry(&[CertificateDer::from(vec![1, 2, 3])]).is_err());
+}

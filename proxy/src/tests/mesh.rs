@@ -288,6 +288,71 @@ async fn clients_without_a_valid_svid_are_refused_at_the_handshake() {
 }
 
 #[tokio::test]
+async fn a_connection_ends_gracefully_when_the_peers_svid_expires() {
+    use http_body_util::{BodyExt as _, Empty};
+
+    let p = pair().await;
+    // 3 s of validity (whole seconds in X.509): enough for two requests.
+    let short = p.ca.issue(MOBILE, Duration::from_secs(3));
+    let expiry = ward_identity::verify::peer_expiry(&short.cert_chain).unwrap();
+    let verifier = ward_identity::verify::SvidVerifier::new(ward_identity::verify::Bundles::new([
+        ward_identity::SvidSource::bundle(&p.ca.ca),
+    ]));
+    let cfg = ward_identity::verify::client_config(
+        &short,
+        verifier,
+        ward_identity::verify::ServerIdentity::AnyTrusted,
+    )
+    .unwrap();
+    let tcp = tokio::net::TcpStream::connect(p.proxy_b.bound.inbound)
+        .await
+        .unwrap();
+    let name = rustls_pki_types::ServerName::try_from("ward.test").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .unwrap();
+    let conn = tokio::spawn(conn);
+    let cart = || {
+        http::Request::get("/cart")
+            .header("host", "checkout-api")
+            .body(Empty::<bytes::Bytes>::new())
+            .unwrap()
+    };
+    for _ in 0..2 {
+        let resp = sender.send_request(cart()).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.into_body().collect().await.unwrap();
+    }
+    assert!(
+        !conn.is_finished(),
+        "the connection stays open while the SVID is valid"
+    );
+
+    tokio::time::timeout(TIMEOUT, conn)
+        .await
+        .expect("the proxy closes the connection once the SVID has expired")
+        .unwrap()
+        .unwrap();
+    let closed = std::time::SystemTime::now();
+    assert!(
+        closed + Duration::from_millis(50) >= expiry,
+        "closed {:?} before the SVID expired",
+        expiry.duration_since(closed).unwrap_or_default()
+    );
+    assert!(sender.send_request(cart()).await.is_err());
+    assert_eq!(
+        p.app_b.hits(),
+        2,
+        "both requests reached the app, nothing after"
+    );
+}
+
+#[tokio::test]
 async fn path_confusion_is_normalized_and_decided_or_rejected() {
     let p = pair().await;
     let tls = p.client_tls();
