@@ -152,7 +152,7 @@ impl Inbound {
         let conn = Arc::new(conn);
         tracing::debug!(%conn, "inbound connection");
         let this = self.clone();
-        serve_http(tls, drain, Some(expires), move |req| {
+        serve_http(tls, drain, Some((expires, conn.clone())), move |req| {
             this.clone().request(conn.clone(), req)
         })
         .await;

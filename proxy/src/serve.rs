@@ -17,7 +17,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::BoxBody;
-use crate::ctx::ListenerKind;
+use crate::ctx::{ConnCtx, ListenerKind};
 use crate::proxy::ProxyInputs;
 
 /// Pause after a failed accept (e.g. out of file descriptors) so the loop does not spin.
@@ -71,12 +71,12 @@ pub(crate) async fn accept_loop<F, Fut>(
 }
 
 /// Serves HTTP/1.1 and HTTP/2 on `io` until the peer closes, the drain asks it to stop, or
-/// `expires` passes (the peer's SVID ran out). The last two end it gracefully: requests in
+/// `expires` passes (the SVID of the peer, the connection named, ran out). The last two end it gracefully: requests in
 /// flight finish, no new ones are taken (HTTP/2 `GOAWAY`; an idle HTTP/1.1 connection closes).
 pub(crate) async fn serve_http<I, F, Fut>(
     io: I,
     mut drain: Drain,
-    expires: Option<Instant>,
+    expires: Option<(Instant, Arc<ConnCtx>)>,
     handler: F,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -95,7 +95,10 @@ pub(crate) async fn serve_http<I, F, Fut>(
     tokio::pin!(conn);
     let expiry = async move {
         match expires {
-            Some(at) => tokio::time::sleep_until(at).await,
+            Some((at, conn)) => {
+                tokio::time::sleep_until(at).await;
+                conn
+            }
             None => std::future::pending().await,
         }
     };
@@ -109,8 +112,8 @@ pub(crate) async fn serve_http<I, F, Fut>(
                 conn.as_mut().graceful_shutdown();
                 stopping = true;
             }
-            () = &mut expiry, if !stopping => {
-                tracing::info!("the peer's SVID expired; closing its connection");
+            conn_ctx = &mut expiry, if !stopping => {
+                tracing::info!(conn = %conn_ctx, "the peer's SVID expired; closing its connection");
                 conn.as_mut().graceful_shutdown();
                 stopping = true;
             }

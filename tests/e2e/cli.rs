@@ -173,6 +173,23 @@ fn agent_config_is_checked_as_the_agent_loads_it() {
         .stderr(predicate::str::contains("default_ttl"));
 }
 
+/// `ward config check --kind KIND FILE` succeeds, logs the resolved configuration and never
+/// the store password `s3cret`.
+fn checks_without_the_password(kind: &str, file: &std::path::Path) {
+    let assert = ward()
+        .args(["config", "check", "--kind", kind])
+        .arg(file)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(format!("{}: ok", file.display())));
+    let stderr = String::from_utf8(assert.get_output().stderr.clone()).unwrap();
+    assert!(stderr.contains("resolved configuration"), "{stderr}");
+    assert!(
+        !stderr.contains("s3cret"),
+        "the store password is logged: {stderr}"
+    );
+}
+
 #[test]
 fn proxy_and_authz_configs_are_checked_as_their_processes_load_them() {
     let dir = tempfile::tempdir().unwrap();
@@ -181,18 +198,7 @@ fn proxy_and_authz_configs_are_checked_as_their_processes_load_them() {
         "proxy.yaml",
         "service: orders-api\naudit: { store: \"postgres://ward:s3cret@db:5432/audit\" }\n",
     );
-    let assert = ward()
-        .args(["config", "check", "--kind", "proxy"])
-        .arg(&proxy)
-        .assert()
-        .success()
-        .stdout(predicate::str::contains(format!("{}: ok", proxy.display())));
-    let stderr = String::from_utf8(assert.get_output().stderr.clone()).unwrap();
-    assert!(stderr.contains("resolved configuration"), "{stderr}");
-    assert!(
-        !stderr.contains("s3cret"),
-        "the store password is logged: {stderr}"
-    );
+    checks_without_the_password("proxy", &proxy);
 
     // Parsed fine, refused by the proxy's own checks.
     let unnamed = write_file(&dir, "unnamed.yaml", "node: a\n");
@@ -208,17 +214,7 @@ fn proxy_and_authz_configs_are_checked_as_their_processes_load_them() {
         "authz.yaml",
         "policies: repo\naudit: \"postgres://ward:s3cret@db/audit\"\n",
     );
-    let assert = ward()
-        .args(["config", "check", "--kind", "authz"])
-        .arg(&authz)
-        .assert()
-        .success();
-    let stderr = String::from_utf8(assert.get_output().stderr.clone()).unwrap();
-    assert!(stderr.contains("resolved configuration"), "{stderr}");
-    assert!(
-        !stderr.contains("s3cret"),
-        "the store password is logged: {stderr}"
-    );
+    checks_without_the_password("authz", &authz);
     let bad = write_file(&dir, "bad-authz.yaml", "policies: repo\nlisten: nowhere\n");
     ward()
         .args(["config", "check", "--kind", "authz"])
