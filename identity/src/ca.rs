@@ -512,8 +512,7 @@ fn load_upstream(
             up.cert_path.display()
         )));
     }
-    let not_after =
-        UNIX_EPOCH + Duration::from_secs(parsed.validity().not_after.timestamp().max(0) as u64);
+    let not_after = crate::verify::not_after(&parsed);
     let issuer = Issuer::from_ca_cert_der(&issuing, key)?;
     // Everything below the root is sent in SVID chains; the root is the trust anchor.
     let chain: String = certs[..certs.len() - 1]
@@ -536,8 +535,7 @@ fn one_cert(text: &str, what: &str) -> Result<CertificateDer<'static>, CaError> 
 fn cert_not_after(cert: &CertificateDer<'_>) -> Result<SystemTime, CaError> {
     let (_, parsed) =
         x509_parser::parse_x509_certificate(cert).map_err(|e| CaError::Upstream(e.to_string()))?;
-    let secs = parsed.validity().not_after.timestamp().max(0) as u64;
-    Ok(UNIX_EPOCH + Duration::from_secs(secs))
+    Ok(crate::verify::not_after(&parsed))
 }
 
 fn random_serial() -> Result<SerialNumber, CaError> {

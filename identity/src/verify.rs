@@ -374,11 +374,17 @@ pub fn peer_expiry(peer_certs: &[CertificateDer<'_>]) -> Result<SystemTime, Veri
     for der in peer_certs {
         let (_, cert) = x509_parser::parse_x509_certificate(der)
             .map_err(|e| VerifyError::Malformed(e.to_string()))?;
-        let secs = u64::try_from(cert.validity().not_after.timestamp()).unwrap_or(0);
-        let at = UNIX_EPOCH + Duration::from_secs(secs.saturating_add(1));
+        let last = not_after(&cert);
+        let at = last.checked_add(Duration::from_secs(1)).unwrap_or(last);
         earliest = Some(earliest.map_or(at, |e| e.min(at)));
     }
     earliest.ok_or_else(|| VerifyError::Malformed("no peer certificate".into()))
+}
+
+/// A certificate's `notAfter` (its last valid second) as a `SystemTime`; before 1970 is 1970.
+pub(crate) fn not_after(cert: &x509_parser::certificate::X509Certificate<'_>) -> SystemTime {
+    let secs = u64::try_from(cert.validity().not_after.timestamp()).unwrap_or(0);
+    UNIX_EPOCH + Duration::from_secs(secs)
 }
 
 /// A server config that presents `svid` and requires client SVIDs.
