@@ -26,6 +26,25 @@ pub(crate) struct ProcessEnv;
 #[derive(Debug, Clone, Default)]
 pub(crate) struct MapEnv(pub(crate) std::collections::HashMap<String, String>);
 
+/// A store URL read from a file. Its `Debug` replaces any password, so a configuration can be
+/// logged whole (`?cfg`) without printing the secret.
+#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(transparent)]
+pub(crate) struct StoreUrl(String);
+
+impl StoreUrl {
+    /// The URL as written, password included.
+    pub(crate) fn into_inner(self) -> String {
+        self.0
+    }
+}
+
+impl fmt::Debug for StoreUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&ward_audit::store::redact(&self.0), f)
+    }
+}
+
 /// A configuration that some `WARD_…` variables may override after the file is read.
 pub(crate) trait Overrides {
     /// Applies the overrides this config honours.

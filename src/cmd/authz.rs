@@ -19,7 +19,7 @@ use ward_authz::reload::Reloader;
 use ward_authz::server::{self, Inputs, Server};
 use ward_authz::{Authorizer, Modes, PolicyEngine, Snapshot};
 
-use crate::config::{self, ConfigError, Env, Overrides, ProcessEnv};
+use crate::config::{self, ConfigError, Env, Overrides, ProcessEnv, StoreUrl};
 use crate::exit;
 use crate::signals::Signals;
 
@@ -73,7 +73,7 @@ pub(crate) struct AuthzConfig {
     /// Per-service modes.
     pub(crate) modes: Modes,
     /// The audit store URL; no auditing when unset.
-    pub(crate) audit: Option<String>,
+    pub(crate) audit: Option<StoreUrl>,
     /// Fail requests closed when their audit record cannot be made durable.
     pub(crate) audit_strict: bool,
     /// The checkpoint signing key; `<data_dir>/audit.key` when unset.
@@ -144,7 +144,7 @@ impl AuthzConfig {
             listen: args.listen.unwrap_or(self.listen),
             grpc_listen: args.grpc_listen.unwrap_or(self.grpc_listen),
             modes: self.modes,
-            audit: args.audit.clone().or(self.audit),
+            audit: args.audit.clone().or(self.audit.map(StoreUrl::into_inner)),
             audit_strict: self.audit_strict,
             audit_key: self
                 .audit_key

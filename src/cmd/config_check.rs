@@ -20,19 +20,9 @@ pub(crate) fn run(cmd: ConfigCommand) -> anyhow::Result<ExitCode> {
 /// Logs the resolved configuration (store URLs redacted) and prints `FILE: ok`.
 fn check(args: &ConfigCheckArgs) -> anyhow::Result<ExitCode> {
     match args.kind {
-        ConfigKind::Up => {
-            let cfg = loaded::<UpConfig>(args)?;
-            tracing::info!(?cfg, "resolved configuration");
-        }
-        ConfigKind::Agent => {
-            let cfg = loaded::<AgentConfig>(args)?;
-            tracing::info!(?cfg, "resolved configuration");
-        }
-        ConfigKind::Authz => {
-            let mut cfg = loaded::<AuthzConfig>(args)?;
-            cfg.audit = cfg.audit.as_deref().map(ward_audit::store::redact);
-            tracing::info!(?cfg, "resolved configuration");
-        }
+        ConfigKind::Up => loaded::<UpConfig>(args)?,
+        ConfigKind::Agent => loaded::<AgentConfig>(args)?,
+        ConfigKind::Authz => loaded::<AuthzConfig>(args)?,
         ConfigKind::Proxy => {
             let cfg = super::proxy::load(&args.file, &ProcessEnv).map_err(exit::bad_input)?;
             tracing::info!(config = %cfg.redacted(), "resolved configuration");
@@ -42,10 +32,12 @@ fn check(args: &ConfigCheckArgs) -> anyhow::Result<ExitCode> {
     Ok(exit::OK)
 }
 
-/// Loads `args.file` as a `T`; every problem is the user's input (exit 2).
-fn loaded<T>(args: &ConfigCheckArgs) -> anyhow::Result<T>
+/// Loads `args.file` as a `T` (every problem is the user's input, exit 2) and logs it.
+fn loaded<T>(args: &ConfigCheckArgs) -> anyhow::Result<()>
 where
-    T: serde::de::DeserializeOwned + config::Overrides,
+    T: serde::de::DeserializeOwned + config::Overrides + std::fmt::Debug,
 {
-    config::load::<T>(&args.file, &ProcessEnv).map_err(exit::bad_input)
+    let cfg = config::load::<T>(&args.file, &ProcessEnv).map_err(exit::bad_input)?;
+    tracing::info!(?cfg, "resolved configuration");
+    Ok(())
 }
