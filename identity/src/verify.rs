@@ -114,9 +114,16 @@ impl Bundles {
         Self(Arc::new(ArcSwap::from_pointee(Self::index(bundles))))
     }
 
-    /// Replaces every bundle at once; handshakes that start later see the new set.
-    pub fn replace(&self, bundles: impl IntoIterator<Item = Arc<TrustBundle>>) {
-        self.0.store(Arc::new(Self::index(bundles)));
+    /// Replaces every bundle at once; handshakes that start later see the new set. Returns
+    /// whether the X.509 authorities changed (a trust domain added or dropped, or its CAs
+    /// rotated), i.e. whether a chain verified before might no longer verify.
+    pub fn replace(&self, bundles: impl IntoIterator<Item = Arc<TrustBundle>>) -> bool {
+        let new = Arc::new(Self::index(bundles));
+        let old = self.0.swap(new.clone());
+        old.len() != new.len()
+            || old.iter().zip(new.iter()).any(|((d1, b1), (d2, b2))| {
+                d1 != d2 || b1.x509_authorities() != b2.x509_authorities()
+            })
     }
 
     /// The bundle for `trust_domain`, if trusted.
@@ -203,6 +210,19 @@ impl SvidVerifier {
         )
         .map_err(map_webpki)?;
         Ok(id)
+    }
+
+    /// Verifies a client's chain (leaf first) as the handshake did, e.g. again after a bundle
+    /// update.
+    pub fn verify_client_chain(
+        &self,
+        chain: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<SpiffeId, VerifyError> {
+        let (leaf, intermediates) = chain
+            .split_first()
+            .ok_or_else(|| VerifyError::Malformed("no peer certificate".into()))?;
+        self.verify(leaf, intermediates, now, webpki::KeyUsage::client_auth())
     }
 
     fn verify_tls12(

@@ -31,7 +31,7 @@ pub(crate) async fn serve(inputs: Arc<ProxyInputs>, listener: TcpListener) {
             let inputs = shared.clone();
             async move {
                 let _open = inputs.metrics.connection("admin");
-                serve_http(tcp, drain, None, move |req| {
+                serve_http(tcp, drain, std::future::pending(), move |req| {
                     let inputs = inputs.clone();
                     async move { handle(&inputs, &req) }
                 })

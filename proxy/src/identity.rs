@@ -12,9 +12,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use rustls::sign::CertifiedKey;
+use rustls_pki_types::UnixTime;
 use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer, pem::PemObject};
+use tokio::sync::watch;
 use ward_identity::verify::{Bundles, SvidVerifier};
-use ward_identity::{SpiffeId, TrustBundle, X509Svid};
+use ward_identity::{SpiffeId, TrustBundle, VerifyError, X509Svid};
 
 use crate::config::FilesIdentity;
 
@@ -25,6 +27,17 @@ pub mod workload_api;
 pub struct Identity {
     current: Arc<ArcSwap<Current>>,
     verifier: SvidVerifier,
+    /// Bumped when the trusted X.509 authorities change (see [`Identity::trust_changes`]).
+    trust: Arc<watch::Sender<u64>>,
+}
+
+/// Why a peer's SVID no longer authenticates its connection.
+#[derive(Debug)]
+pub enum Lapse {
+    /// The SVID (or a certificate of its chain) expired.
+    Expired,
+    /// After a trust bundle update, the chain no longer verifies.
+    Untrusted(VerifyError),
 }
 
 /// Why the SVID or bundle could not be obtained or used.
@@ -85,6 +98,7 @@ impl Identity {
         Ok(Self {
             current: Arc::new(ArcSwap::from_pointee(current)),
             verifier: SvidVerifier::new(Bundles::new(bundles)),
+            trust: Arc::new(watch::Sender::new(0)),
         })
     }
 
@@ -108,9 +122,42 @@ impl Identity {
     ) -> Result<(), IdentityError> {
         let current = Current::new(svid)?;
         // Bundles first: a peer with a freshly rotated SVID must verify once ours is out.
-        self.verifier.bundles().replace(bundles);
+        if self.verifier.bundles().replace(bundles) {
+            self.trust.send_modify(|generation| *generation += 1);
+        }
         self.current.store(Arc::new(current));
         Ok(())
+    }
+
+    /// Changes whenever the trusted X.509 authorities do, so established connections can be
+    /// checked again.
+    pub fn trust_changes(&self) -> watch::Receiver<u64> {
+        self.trust.subscribe()
+    }
+
+    /// Resolves when the peer that presented `chain` (client SVID, leaf first) is no longer
+    /// authenticated: at `expires` (from [`ward_identity::verify::peer_expiry`]), or as soon
+    /// as a trust bundle update leaves its chain unverifiable (a trust domain dropped, its CA
+    /// rotated out).
+    pub async fn client_lapse(
+        &self,
+        chain: Vec<CertificateDer<'static>>,
+        expires: tokio::time::Instant,
+    ) -> Lapse {
+        let mut changes = self.trust_changes();
+        let expiry = tokio::time::sleep_until(expires);
+        tokio::pin!(expiry);
+        loop {
+            tokio::select! {
+                () = &mut expiry => return Lapse::Expired,
+                // A closed channel (the identity is gone) leaves only the expiry.
+                Ok(()) = changes.changed() => {
+                    if let Err(err) = self.verifier.verify_client_chain(&chain, UnixTime::now()) {
+                        return Lapse::Untrusted(err);
+                    }
+                }
+            }
+        }
     }
 
     /// The SPIFFE id of the current SVID.

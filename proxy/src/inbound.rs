@@ -25,6 +25,7 @@ use ward_authz::{HttpRequest, NormalizedPath, Principal, RequestContext};
 
 use crate::ctx::{ConnCtx, ListenerKind, ReqCtx};
 use crate::headers;
+use crate::identity::Lapse;
 use crate::metrics::{DurationLabels, HandshakeLabels, ResultLabels};
 use crate::proxy::ProxyInputs;
 use crate::respond::{RequestError, error_response};
@@ -123,10 +124,10 @@ impl Inbound {
         };
         let (_, session) = tls.get_ref();
         conn.sni = session.server_name().map(str::to_owned);
-        let chain = session.peer_certificates().unwrap_or_default();
+        let chain = session.peer_certificates().unwrap_or_default().to_vec();
         let expiry = match (
-            ward_identity::verify::peer_spiffe_id(chain),
-            ward_identity::verify::peer_expiry(chain),
+            ward_identity::verify::peer_spiffe_id(&chain),
+            ward_identity::verify::peer_expiry(&chain),
         ) {
             (Ok(id), Ok(expiry)) => {
                 conn.peer_id = Some(id);
@@ -143,7 +144,8 @@ impl Inbound {
             }
         };
         // The connection ends with the SVID that authenticated it (a rotating peer reconnects
-        // with its new one): otherwise a pooled connection would outlive an expired identity.
+        // with its new one), or when the bundles no longer vouch for it: otherwise a pooled
+        // connection would outlive an expired or distrusted identity.
         let left = expiry
             .duration_since(std::time::SystemTime::now())
             .unwrap_or_default();
@@ -151,8 +153,22 @@ impl Inbound {
         let _open = metrics.connection("inbound");
         let conn = Arc::new(conn);
         tracing::debug!(%conn, "inbound connection");
+        let lapse = {
+            let (identity, conn) = (self.inputs.identity.clone(), conn.clone());
+            async move {
+                match identity.client_lapse(chain, expires).await {
+                    Lapse::Expired => {
+                        tracing::info!(%conn, "the peer's SVID expired; closing its connection");
+                    }
+                    Lapse::Untrusted(error) => tracing::info!(
+                        %conn, %error,
+                        "the trust bundles no longer vouch for the peer's SVID; closing its connection"
+                    ),
+                }
+            }
+        };
         let this = self.clone();
-        serve_http(tls, drain, Some((expires, conn.clone())), move |req| {
+        serve_http(tls, drain, lapse, move |req| {
             this.clone().request(conn.clone(), req)
         })
         .await;

@@ -108,7 +108,7 @@ pub(crate) async fn serve(inputs: Arc<ProxyInputs>, listener: TcpListener) {
             ));
             async move {
                 let _open = inputs.metrics.connection("outbound");
-                serve_http(tcp, drain, None, move |req| {
+                serve_http(tcp, drain, std::future::pending(), move |req| {
                     request(inputs.clone(), conn.clone(), req)
                 })
                 .await;

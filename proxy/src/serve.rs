@@ -14,10 +14,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tokio::time::Instant;
 
 use crate::BoxBody;
-use crate::ctx::{ConnCtx, ListenerKind};
+use crate::ctx::ListenerKind;
 use crate::proxy::ProxyInputs;
 
 /// Pause after a failed accept (e.g. out of file descriptors) so the loop does not spin.
@@ -71,17 +70,14 @@ pub(crate) async fn accept_loop<F, Fut>(
 }
 
 /// Serves HTTP/1.1 and HTTP/2 on `io` until the peer closes, the drain asks it to stop, or
-/// `expires` passes (the SVID of the peer, the connection named, ran out). The last two end it gracefully: requests in
+/// `lapse` resolves (e.g. the peer's SVID ran out). The last two end it gracefully: requests in
 /// flight finish, no new ones are taken (HTTP/2 `GOAWAY`; an idle HTTP/1.1 connection closes).
-pub(crate) async fn serve_http<I, F, Fut>(
-    io: I,
-    mut drain: Drain,
-    expires: Option<(Instant, Arc<ConnCtx>)>,
-    handler: F,
-) where
+pub(crate) async fn serve_http<I, F, Fut, L>(io: I, mut drain: Drain, lapse: L, handler: F)
+where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Response<BoxBody>> + Send + 'static,
+    L: Future<Output = ()> + Send,
 {
     let handler = Arc::new(handler);
     let service = hyper::service::service_fn(move |req| {
@@ -93,16 +89,7 @@ pub(crate) async fn serve_http<I, F, Fut>(
         .serve_connection(TokioIo::new(io), service)
         .into_owned();
     tokio::pin!(conn);
-    let expiry = async move {
-        match expires {
-            Some((at, conn)) => {
-                tokio::time::sleep_until(at).await;
-                conn
-            }
-            None => std::future::pending().await,
-        }
-    };
-    tokio::pin!(expiry);
+    tokio::pin!(lapse);
     let mut stopping = false;
     let result = loop {
         tokio::select! {
@@ -112,8 +99,7 @@ pub(crate) async fn serve_http<I, F, Fut>(
                 conn.as_mut().graceful_shutdown();
                 stopping = true;
             }
-            conn_ctx = &mut expiry, if !stopping => {
-                tracing::info!(conn = %conn_ctx, "the peer's SVID expired; closing its connection");
+            () = &mut lapse, if !stopping => {
                 conn.as_mut().graceful_shutdown();
                 stopping = true;
             }

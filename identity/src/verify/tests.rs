@@ -356,3 +356,24 @@ fn peer_expiry_is_a_second_after_the_first_not_after_in_the_chain() {
     assert!(peer_expiry(&[]).is_err());
     assert!(peer_expiry(&[CertificateDer::from(vec![1, 2, 3])]).is_err());
 }
+
+#[test]
+fn replacing_bundles_says_whether_the_x509_authorities_changed() {
+    let f = fixture("example.org");
+    let other = fixture("other.org");
+    let bundles = Bundles::new([f.ca.bundle()]);
+    assert!(!bundles.replace([f.ca.bundle()]), "the same authorities");
+    assert!(
+        bundles.replace([f.ca.bundle(), other.ca.bundle()]),
+        "a domain added"
+    );
+    assert!(bundles.replace([other.ca.bundle()]), "a domain dropped");
+    // The same trust domain with another CA: a rotation that drops the old authority.
+    let rotated = fixture("other.org");
+    assert!(
+        bundles.replace([rotated.ca.bundle()]),
+        "authorities rotated"
+    );
+    assert!(!bundles.replace([rotated.ca.bundle()]));
+    assert!(bundles.get("other.org").is_some() && bundles.get("example.org").is_none());
+}

@@ -289,51 +289,20 @@ async fn clients_without_a_valid_svid_are_refused_at_the_handshake() {
 
 #[tokio::test]
 async fn a_connection_ends_gracefully_when_the_peers_svid_expires() {
-    use http_body_util::{BodyExt as _, Empty};
-
     let p = pair().await;
     // 3 s of validity (whole seconds in X.509): enough for two requests.
     let short = p.ca.issue(MOBILE, Duration::from_secs(3));
     let expiry = ward_identity::verify::peer_expiry(&short.cert_chain).unwrap();
-    let verifier = ward_identity::verify::SvidVerifier::new(ward_identity::verify::Bundles::new([
-        ward_identity::SvidSource::bundle(&p.ca.ca),
-    ]));
-    let cfg = ward_identity::verify::client_config(
-        &short,
-        verifier,
-        ward_identity::verify::ServerIdentity::AnyTrusted,
-    )
-    .unwrap();
-    let tcp = tokio::net::TcpStream::connect(p.proxy_b.bound.inbound)
-        .await
-        .unwrap();
-    let name = rustls_pki_types::ServerName::try_from("ward.test").unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
-        .connect(name, tcp)
-        .await
-        .unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-            .await
-            .unwrap();
-    let conn = tokio::spawn(conn);
-    let cart = || {
-        http::Request::get("/cart")
-            .header("host", "checkout-api")
-            .body(Empty::<bytes::Bytes>::new())
-            .unwrap()
-    };
+    let (mut conn, task) = keep_alive(&p, p.ca.client_config(&short, CHECKOUT)).await;
     for _ in 0..2 {
-        let resp = sender.send_request(cart()).await.unwrap();
-        assert_eq!(resp.status(), 200);
-        resp.into_body().collect().await.unwrap();
+        assert_eq!(cart(&mut conn).await.unwrap(), 200);
     }
     assert!(
-        !conn.is_finished(),
+        !task.is_finished(),
         "the connection stays open while the SVID is valid"
     );
 
-    tokio::time::timeout(TIMEOUT, conn)
+    tokio::time::timeout(TIMEOUT, task)
         .await
         .expect("the proxy closes the connection once the SVID has expired")
         .unwrap()
@@ -344,12 +313,98 @@ async fn a_connection_ends_gracefully_when_the_peers_svid_expires() {
         "closed {:?} before the SVID expired",
         expiry.duration_since(closed).unwrap_or_default()
     );
-    assert!(sender.send_request(cart()).await.is_err());
+    assert!(cart(&mut conn).await.is_err());
     assert_eq!(
         p.app_b.hits(),
         2,
         "both requests reached the app, nothing after"
     );
+}
+
+#[tokio::test]
+async fn a_bundle_update_that_drops_a_trust_domain_closes_its_connections() {
+    let p = pair().await;
+    let partner = TestCa::new("partner.test");
+    let identity = &p.proxy_b.inputs.identity;
+    let ours = ward_identity::SvidSource::bundle(&p.ca.ca);
+    let federated = [ours.clone(), ward_identity::SvidSource::bundle(&partner.ca)];
+    identity
+        .update(p.ca.issue(CHECKOUT, Duration::from_secs(600)), federated)
+        .unwrap();
+    let outsider = partner.issue(
+        "spiffe://partner.test/ns/pay/sa/settle",
+        Duration::from_secs(600),
+    );
+    let (mut theirs, their_task) = keep_alive(&p, p.ca.client_config(&outsider, CHECKOUT)).await;
+    let (mut local, local_task) = keep_alive(&p, p.client_tls()).await;
+    // Federated: the handshake succeeds and the request reaches policy (which denies it).
+    assert_eq!(cart(&mut theirs).await.unwrap(), 403);
+    assert_eq!(cart(&mut local).await.unwrap(), 200);
+
+    // The same bundles again (an SVID rotation) leave every connection alone.
+    let federated = [ours.clone(), ward_identity::SvidSource::bundle(&partner.ca)];
+    identity
+        .update(p.ca.issue(CHECKOUT, Duration::from_secs(600)), federated)
+        .unwrap();
+    assert_eq!(cart(&mut theirs).await.unwrap(), 403);
+
+    identity
+        .update(p.ca.issue(CHECKOUT, Duration::from_secs(600)), [ours])
+        .unwrap();
+    tokio::time::timeout(TIMEOUT, their_task)
+        .await
+        .expect("the proxy closes the dropped domain's connection long before its SVID expires")
+        .unwrap()
+        .unwrap();
+    assert!(cart(&mut theirs).await.is_err());
+    assert_eq!(
+        cart(&mut local).await.unwrap(),
+        200,
+        "a peer of a domain still trusted keeps its connection"
+    );
+    assert!(!local_task.is_finished());
+    let refused = https_raw(
+        p.proxy_b.bound.inbound,
+        p.ca.client_config(&outsider, CHECKOUT),
+        &get("/cart", "checkout-api"),
+    )
+    .await;
+    assert!(refused.is_err(), "new handshakes are refused: {refused:?}");
+}
+
+type KeepAlive = hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>;
+
+/// An HTTP/1.1 keep-alive connection to proxy B's inbound presenting `tls`'s SVID, and the task
+/// that drives it (it finishes when the connection closes).
+async fn keep_alive(
+    p: &Pair,
+    tls: Arc<rustls::ClientConfig>,
+) -> (KeepAlive, tokio::task::JoinHandle<hyper::Result<()>>) {
+    let tcp = tokio::net::TcpStream::connect(p.proxy_b.bound.inbound)
+        .await
+        .unwrap();
+    let name = rustls_pki_types::ServerName::try_from("ward.test").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+        .await
+        .unwrap();
+    (sender, tokio::spawn(conn))
+}
+
+/// `GET /cart` for checkout-api on `conn`; the status once the body has been read.
+async fn cart(conn: &mut KeepAlive) -> hyper::Result<u16> {
+    use http_body_util::BodyExt as _;
+    let req = http::Request::get("/cart")
+        .header("host", "checkout-api")
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let resp = conn.send_request(req).await?;
+    let status = resp.status().as_u16();
+    resp.into_body().collect().await?;
+    Ok(status)
 }
 
 #[tokio::test]
