@@ -407,30 +407,38 @@ pub(crate) fn not_after(cert: &x509_parser::certificate::X509Certificate<'_>) ->
     UNIX_EPOCH + Duration::from_secs(secs)
 }
 
-/// A server config that presents `svid` and requires client SVIDs.
+/// A server config that presents `svid` and requires client SVIDs; no session resumption.
 pub fn server_config(
     svid: &X509Svid,
     verifier: SvidVerifier,
 ) -> Result<rustls::ServerConfig, rustls::Error> {
     let provider = verifier.provider.clone();
-    rustls::ServerConfig::builder_with_provider(provider)
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(Arc::new(ClientVerifier::new(verifier)))
-        .with_single_cert(svid.cert_chain.clone(), svid.rustls_private_key())
+        .with_single_cert(svid.cert_chain.clone(), svid.rustls_private_key())?;
+    // A resumed session skips verifying the client against the bundles as they are now.
+    cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    cfg.send_tls13_tickets = 0;
+    Ok(cfg)
 }
 
-/// A client config that presents `svid` and accepts servers matching `expected`.
+/// A client config that presents `svid` and accepts servers matching `expected`; no session
+/// resumption.
 pub fn client_config(
     svid: &X509Svid,
     verifier: SvidVerifier,
     expected: ServerIdentity,
 ) -> Result<rustls::ClientConfig, rustls::Error> {
     let provider = verifier.provider.clone();
-    rustls::ClientConfig::builder_with_provider(provider)
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(ServerVerifier::new(verifier, expected)))
-        .with_client_auth_cert(svid.cert_chain.clone(), svid.rustls_private_key())
+        .with_client_auth_cert(svid.cert_chain.clone(), svid.rustls_private_key())?;
+    // A resumed session skips verifying the server against the bundles as they are now.
+    cfg.resumption = rustls::client::Resumption::disabled();
+    Ok(cfg)
 }
 
 /// The X.509-SVID profile checks on the leaf alone; returns its SPIFFE id.

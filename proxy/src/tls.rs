@@ -71,6 +71,10 @@ pub fn client_config(
         )))
         .with_client_cert_resolver(Arc::new(SvidResolver(identity.clone())));
     cfg.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+    // No resumption either way: a resumed session skips verifying the server, whose SVID may
+    // have expired or whose trust domain may have been dropped since (a peer such as Envoy
+    // issues tickets).
+    cfg.resumption = rustls::client::Resumption::disabled();
     Ok(Arc::new(cfg))
 }
 

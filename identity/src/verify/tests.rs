@@ -377,3 +377,67 @@ fn replacing_bundles_says_whether_the_x509_authorities_changed() {
     assert!(!bundles.replace([rotated.ca.bundle()]));
     assert!(bundles.get("other.org").is_some() && bundles.get("example.org").is_none());
 }
+
+/// Connects twice with the same configs; how each client handshake went.
+async fn handshake_kinds(
+    server: rustls::ServerConfig,
+    client: rustls::ClientConfig,
+) -> Vec<rustls::HandshakeKind> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            if let Ok(mut tls) = acceptor.accept(tcp).await {
+                let _ = tls.write_all(b"ok").await;
+                let _ = tls.shutdown().await;
+            }
+        }
+    });
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+    let mut kinds = Vec::new();
+    for _ in 0..2 {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut tls = connector
+            .connect(ServerName::try_from("ignored.invalid").unwrap(), tcp)
+            .await
+            .unwrap();
+        // Reading lets the client take the server's session tickets, if any.
+        let mut buf = [0u8; 2];
+        tls.read_exact(&mut buf).await.unwrap();
+        kinds.push(tls.get_ref().1.handshake_kind().unwrap());
+    }
+    kinds
+}
+
+#[tokio::test]
+async fn neither_side_resumes_a_session_so_every_handshake_verifies_the_peer() {
+    use rustls::HandshakeKind::Full;
+    let f = fixture("example.org");
+    let id = SpiffeId::parse("spiffe://example.org/s").unwrap();
+    let svid = f.ca.issue_x509(&id, ca::DEFAULT_SVID_TTL).unwrap();
+    let verifier = || SvidVerifier::new(Bundles::new([f.ca.bundle()]));
+    let ours_server = server_config(&svid, verifier()).unwrap();
+    let ours_client = client_config(&svid, verifier(), ServerIdentity::AnyTrusted).unwrap();
+    // Counterparts with rustls's defaults, which resume (tickets and a session cache).
+    let mut resuming_client = ours_client.clone();
+    resuming_client.resumption = rustls::client::Resumption::default();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let resuming_server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(Arc::new(ClientVerifier::new(verifier())))
+        .with_single_cert(svid.cert_chain.clone(), svid.rustls_private_key())
+        .unwrap();
+    // The counterparts do resume with each other, so the checks below can fail.
+    let baseline = handshake_kinds(resuming_server.clone(), resuming_client.clone()).await;
+    assert_eq!(baseline[1], rustls::HandshakeKind::Resumed);
+    assert_eq!(
+        handshake_kinds(ours_server, resuming_client).await,
+        [Full, Full]
+    );
+    assert_eq!(
+        handshake_kinds(resuming_server, ours_client).await,
+        [Full, Full]
+    );
+}
