@@ -135,6 +135,11 @@ impl Identity {
         self.trust.subscribe()
     }
 
+    /// How many times the trusted X.509 authorities have changed.
+    pub fn trust_generation(&self) -> u64 {
+        *self.trust.borrow()
+    }
+
     /// Resolves when the peer that presented `chain` (client SVID, leaf first) is no longer
     /// authenticated: at `expires` (from [`ward_identity::verify::peer_expiry`]), or as soon
     /// as a trust bundle update leaves its chain unverifiable (a trust domain dropped, its CA

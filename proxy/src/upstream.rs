@@ -1,12 +1,21 @@
 //! Connections to destination proxies: TCP, then mTLS that must present the endpoint's
 //! expected SPIFFE id, pooled and reused by hyper-util's client (HTTP/2 when ALPN agrees).
+//!
+//! A pooled connection is only as good as the server SVID it verified. Each endpoint's pool is
+//! therefore a [`Generation`]: when the earliest server SVID among its connections expires, or
+//! the trusted authorities change, the next request starts a new generation (new handshakes,
+//! checked against the current bundles). Requests in flight finish on the old one, whose idle
+//! connections close when its last request ends.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::{ArcSwap, Guard};
 
 use bytes::Bytes;
 use http::{Request, Response, Uri};
@@ -38,7 +47,21 @@ pub struct EndpointClient {
     addr: SocketAddr,
     /// The URI authority sent: the service name (the peer's `Host` / `:authority`).
     authority: String,
+    identity: Identity,
+    /// Connects; each generation gets a copy that reports to it.
+    connector: MtlsConnector,
+    current: Arc<ArcSwap<Generation>>,
+}
+
+/// The pooled connections of one endpoint opened under one trust generation.
+#[derive(Debug)]
+struct Generation {
     client: Client<MtlsConnector, Full<Bytes>>,
+    /// [`Identity::trust_generation`] when it started.
+    trust: u64,
+    /// When the first server SVID among its connections expires, in Unix milliseconds
+    /// (`u64::MAX` until a connection is made).
+    lapses_at: Arc<AtomicU64>,
 }
 
 /// Opens mTLS connections to one endpoint, within the service's `max_connections`.
@@ -50,6 +73,8 @@ pub struct MtlsConnector {
     connections: Arc<Semaphore>,
     destination: Arc<str>,
     metrics: Arc<Metrics>,
+    /// Its generation's `lapses_at`.
+    lapses_at: Arc<AtomicU64>,
 }
 
 /// An established upstream connection; releases its `max_connections` slot when dropped.
@@ -90,16 +115,18 @@ impl EndpointClient {
             connections,
             destination,
             metrics,
+            lapses_at: Arc::new(AtomicU64::new(u64::MAX)),
         };
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(POOL_IDLE)
-            .build(connector);
+        let current = Arc::new(ArcSwap::from_pointee(Generation::new(
+            &connector,
+            identity.trust_generation(),
+        )));
         Ok(Self {
             addr,
             authority,
-            client,
+            identity: identity.clone(),
+            connector,
+            current,
         })
     }
 
@@ -121,8 +148,32 @@ impl EndpointClient {
         // The connector always dials `addr`; the URI's authority is what the peer sees.
         *req.uri_mut() = Uri::try_from(format!("https://{}{path}", self.authority))
             .map_err(|e| RequestError::Bug(format!("upstream URI: {e}")))?;
-        let response = self.client.request(req).await.map_err(classify)?;
+        let generation = self.generation();
+        let response = generation.client.request(req).await.map_err(classify)?;
         Ok(response.map(|body| body.map_err(|e| Box::new(e) as BoxError).boxed()))
+    }
+
+    /// The current generation, after starting a new one if its connections lapsed.
+    fn generation(&self) -> Arc<Generation> {
+        let current = self.current.load_full();
+        let trust = self.identity.trust_generation();
+        let lapsed = unix_millis(SystemTime::now()) >= current.lapses_at.load(Ordering::Relaxed);
+        if current.trust == trust && !lapsed {
+            return current;
+        }
+        let fresh = Arc::new(Generation::new(&self.connector, trust));
+        let prev = self.current.compare_and_swap(&current, fresh.clone());
+        if Arc::ptr_eq(&prev, &current) {
+            tracing::debug!(
+                endpoint = %self.addr,
+                reason = if lapsed { "a server SVID expired" } else { "the trust bundles changed" },
+                "reconnecting: new connections replace the pooled ones"
+            );
+            fresh
+        } else {
+            // Another request replaced it first.
+            Guard::into_inner(prev)
+        }
     }
 }
 
@@ -147,6 +198,33 @@ fn classify(err: hyper_util::client::legacy::Error) -> RequestError {
     } else {
         RequestError::UpstreamReset(detail)
     }
+}
+
+// === impl Generation ===
+
+impl Generation {
+    fn new(connector: &MtlsConnector, trust: u64) -> Self {
+        let lapses_at = Arc::new(AtomicU64::new(u64::MAX));
+        let connector = MtlsConnector {
+            lapses_at: lapses_at.clone(),
+            ..connector.clone()
+        };
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(POOL_IDLE)
+            .build(connector);
+        Self {
+            client,
+            trust,
+            lapses_at,
+        }
+    }
+}
+
+fn unix_millis(at: SystemTime) -> u64 {
+    let since = at.duration_since(UNIX_EPOCH);
+    since.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 // === impl MtlsConnector ===
@@ -208,7 +286,14 @@ impl MtlsConnector {
             .map_err(|_| {
                 RequestError::UpstreamConnect(format!("`{}`: connect timed out", self.addr))
             })??;
-        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+        let session = tls.get_ref().1;
+        let h2 = session.alpn_protocol() == Some(b"h2");
+        // The verifier accepted the chain, so it has an expiry; a missing one lapses at once.
+        let expiry = session
+            .peer_certificates()
+            .and_then(|chain| ward_identity::verify::peer_expiry(chain).ok())
+            .map_or(0, unix_millis);
+        self.lapses_at.fetch_min(expiry, Ordering::Relaxed);
         Ok(MtlsStream {
             io: TokioIo::new(tls),
             h2,

@@ -576,3 +576,101 @@ async fn endpoints_must_present_the_expected_spiffe_id() {
     assert_eq!(impostor.hits(), 0);
     assert!(metrics(&proxy).await.contains("ward_proxy_tls_handshake_failures_total{direction=\"outbound\",reason=\"unexpected_server_id\"} 1"));
 }
+
+/// An endpoint presenting `svid`, accepting clients of `trusted` domains' CAs. It offers
+/// session resumption, as rustls and Envoy do by default, so the proxy must refuse it.
+async fn endpoint_with(name: &str, svid: &ward_identity::X509Svid, trusted: &[&TestCa]) -> App {
+    use std::sync::Arc;
+    let bundles = trusted
+        .iter()
+        .map(|ca| ward_identity::SvidSource::bundle(&ca.ca));
+    let verifier =
+        ward_identity::verify::SvidVerifier::new(ward_identity::verify::Bundles::new(bundles));
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(Arc::new(ward_identity::verify::ClientVerifier::new(
+            verifier,
+        )))
+        .with_single_cert(svid.cert_chain.clone(), svid.rustls_private_key())
+        .unwrap();
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    App::spawn_tls(name, Arc::new(cfg)).await
+}
+
+#[tokio::test]
+async fn a_pooled_connection_is_not_reused_past_the_servers_svid_expiry() {
+    let s = Setup::new();
+    // The endpoint keeps presenting this SVID after it expires, so a new handshake fails: a
+    // second request can succeed only over the old connection.
+    let short = s.ca.issue(ORDERS, Duration::from_secs(3));
+    let expiry = ward_identity::verify::peer_expiry(&short.cert_chain).unwrap();
+    let app = endpoint_with("short", &short, &[&s.ca]).await;
+    let policy = TrafficPolicy {
+        retries: retries(1, &[]),
+        ..TrafficPolicy::default()
+    };
+    let proxy = s.orders_proxy(&[app.addr], policy).await;
+    let client = http_client();
+    let (status, body) = call(&client, proxy.bound.outbound, "orders-api", "/o", &[]).await;
+    assert_eq!(status, 200, "{body}");
+
+    let left = expiry
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    tokio::time::sleep(left + Duration::from_millis(100)).await;
+    let (status, body) = call(&client, proxy.bound.outbound, "orders-api", "/o", &[]).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(app.hits(), 1, "nothing went over the expired connection");
+    assert!(metrics(&proxy).await.contains(
+        "ward_proxy_tls_handshake_failures_total{direction=\"outbound\",reason=\"expired\"} 1"
+    ));
+}
+
+#[tokio::test]
+async fn a_bundle_update_that_drops_the_servers_trust_domain_ends_its_pooled_connections() {
+    let s = Setup::new();
+    let partner = TestCa::new("partner.test");
+    const SETTLE: &str = "spiffe://partner.test/ns/pay/sa/settle";
+    let app = endpoint_with(
+        "partner",
+        &partner.issue(SETTLE, Duration::from_secs(600)),
+        &[&s.ca, &partner],
+    )
+    .await;
+    let policy = TrafficPolicy {
+        retries: retries(1, &[]),
+        ..TrafficPolicy::default()
+    };
+    let proxy = s
+        .proxy(registry(
+            "orders-api",
+            &[(app.addr, SETTLE, &[])],
+            &[],
+            policy,
+        ))
+        .await;
+    let identity = &proxy.inputs.identity;
+    let ours = ward_identity::SvidSource::bundle(&s.ca.ca);
+    let mobile = || s.ca.issue(MOBILE, Duration::from_secs(600));
+    identity
+        .update(
+            mobile(),
+            [ours.clone(), ward_identity::SvidSource::bundle(&partner.ca)],
+        )
+        .unwrap();
+    let client = http_client();
+    for _ in 0..2 {
+        let (status, body) = call(&client, proxy.bound.outbound, "orders-api", "/o", &[]).await;
+        assert_eq!(status, 200, "{body}");
+    }
+
+    identity.update(mobile(), [ours]).unwrap();
+    let (status, body) = call(&client, proxy.bound.outbound, "orders-api", "/o", &[]).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(app.hits(), 2, "nothing went over the distrusted connection");
+    assert!(metrics(&proxy).await.contains(
+        "ward_proxy_tls_handshake_failures_total{direction=\"outbound\",reason=\"untrusted_trust_domain\"} 1"
+    ));
+}
