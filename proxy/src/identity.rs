@@ -140,16 +140,21 @@ impl Identity {
         *self.trust.borrow()
     }
 
-    /// Resolves when the peer that presented `chain` (client SVID, leaf first) is no longer
-    /// authenticated: at `expires` (from [`ward_identity::verify::peer_expiry`]), or as soon
-    /// as a trust bundle update leaves its chain unverifiable (a trust domain dropped, its CA
-    /// rotated out).
+    /// Resolves when the peer that presented `chain` (client SVID, leaf first) in a handshake
+    /// that started at trust generation `verified_under` is no longer authenticated: at
+    /// `expires` (from [`ward_identity::verify::peer_expiry`]), or as soon as a trust bundle
+    /// update leaves its chain unverifiable (a trust domain dropped, its CA rotated out).
     pub async fn client_lapse(
         &self,
         chain: Vec<CertificateDer<'static>>,
+        verified_under: u64,
         expires: tokio::time::Instant,
     ) -> Lapse {
         let mut changes = self.trust_changes();
+        // An update during the handshake is checked at once.
+        if *changes.borrow_and_update() != verified_under {
+            changes.mark_changed();
+        }
         let expiry = tokio::time::sleep_until(expires);
         tokio::pin!(expiry);
         loop {
@@ -280,4 +285,49 @@ fn read(path: &Path) -> Result<String, IdentityError> {
         path: path.to_owned(),
         source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::test_util::TestCa;
+
+    #[tokio::test]
+    async fn a_bundle_update_during_the_handshake_is_not_missed() {
+        let ours = TestCa::new("ward.local");
+        let partner = TestCa::new("partner.test");
+        let svid = || ours.issue("spiffe://ward.local/ns/a/sa/b", Duration::from_secs(600));
+        let bundle = |ca: &TestCa| ward_identity::SvidSource::bundle(&ca.ca);
+        let identity = Identity::new(svid(), [bundle(&ours), bundle(&partner)]).unwrap();
+        let peer = partner.issue("spiffe://partner.test/x", Duration::from_secs(600));
+        let before = identity.trust_generation();
+        let far = tokio::time::Instant::now() + Duration::from_secs(600);
+        // Verified under the current bundles: nothing to end.
+        let waiting = identity.client_lapse(peer.cert_chain.clone(), before, far);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), waiting)
+                .await
+                .is_err()
+        );
+
+        // The handshake verified the peer under `before`; the domain was dropped before the
+        // connection started watching.
+        identity.update(svid(), [bundle(&ours)]).unwrap();
+        assert_eq!(identity.trust_generation(), before + 1);
+        let lapse = tokio::time::timeout(
+            Duration::from_secs(5),
+            identity.client_lapse(peer.cert_chain.clone(), before, far),
+        )
+        .await
+        .expect("checked at once");
+        assert!(
+            matches!(
+                lapse,
+                Lapse::Untrusted(VerifyError::UntrustedTrustDomain(_))
+            ),
+            "{lapse:?}"
+        );
+    }
 }

@@ -98,6 +98,7 @@ impl Inbound {
     async fn connection(self: Arc<Self>, tcp: TcpStream, mut conn: ConnCtx, drain: Drain) {
         let metrics = &self.inputs.metrics;
         let timeout = self.inputs.cfg.handshake_timeout;
+        let trust = self.inputs.identity.trust_generation();
         let accepted = tokio::time::timeout(timeout, self.acceptor.accept(tcp)).await;
         let failure = |reason: &'static str| {
             metrics
@@ -156,7 +157,7 @@ impl Inbound {
         let lapse = {
             let (identity, conn) = (self.inputs.identity.clone(), conn.clone());
             async move {
-                match identity.client_lapse(chain, expires).await {
+                match identity.client_lapse(chain, trust, expires).await {
                     Lapse::Expired => {
                         tracing::info!(%conn, "the peer's SVID expired; closing its connection");
                     }
