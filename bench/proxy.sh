@@ -22,6 +22,7 @@ FORMAT=table
 ALL_CONFIGS="direct haproxy envoy ward ward-no-audit ward-accesslog ward-jsonl-audit envoy-to-ward ward-to-envoy"
 CONFIGS="$ALL_CONFIGS"
 BUILD=1
+PROFILE=release
 KEEP=0
 WAIT_COMPILES=1
 # Ward's audit.flush_interval (group commit); empty: the proxy's default.
@@ -42,7 +43,8 @@ usage: bench/proxy.sh [options]
   --configs "A B …"    setups to run, from: $ALL_CONFIGS
                        (direct is always run: every other setup is compared with it)
   --format table|json  what to print at the end (default table; both are saved under target/bench/)
-  --no-build           use the existing target/release/ward
+  --no-build           use the existing target/PROFILE/ward
+  --profile NAME       the cargo profile to build and run: release (default) or release-small
   --keep               keep the work directory (configs, logs, raw latencies)
   --audit-flush DUR    audit.flush_interval of the Ward proxies, e.g. 10ms (default: Ward's, 100ms)
   --no-wait            start even while rustc is running (by default it waits up to 10 minutes)
@@ -57,6 +59,7 @@ while (($# > 0)); do
         --configs) CONFIGS="$2"; shift 2 ;;
         --format) FORMAT="$2"; shift 2 ;;
         --no-build) BUILD=0; shift ;;
+        --profile) PROFILE="$2"; shift 2 ;;
         --keep) KEEP=1; shift ;;
         --audit-flush) AUDIT_FLUSH="$2"; shift 2 ;;
         --no-wait) WAIT_COMPILES=0; shift ;;
@@ -67,6 +70,7 @@ done
 
 case "$FORMAT" in table | json) ;; *) echo "--format must be table or json" >&2; exit 2 ;; esac
 [[ -z "$AUDIT_FLUSH" || "$AUDIT_FLUSH" =~ ^[1-9][0-9]*(ms|s)$ ]] || { echo "--audit-flush must look like 10ms or 1s" >&2; exit 2; }
+[[ "$PROFILE" =~ ^[a-z][a-z0-9-]*$ ]] || { echo "--profile must be a cargo profile name, e.g. release-small" >&2; exit 2; }
 [[ "$DURATION" =~ ^[1-9][0-9]*$ ]] || { echo "--duration must be a whole number of seconds" >&2; exit 2; }
 for rate in $RATES; do
     if ! [[ "$rate" =~ ^[1-9][0-9]*$ ]] || ((rate % (LOADERS * PER_CLIENT_RPS) != 0)); then
@@ -192,10 +196,10 @@ install_peers() {
 }
 
 build_ward() {
-    WARD="${CARGO_TARGET_DIR:-$ROOT/target}/release/ward"
+    WARD="${CARGO_TARGET_DIR:-$ROOT/target}/$PROFILE/ward"
     if ((BUILD)); then
-        log "cargo build --release --bin ward"
-        (cd "$ROOT" && cargo build --release --quiet --bin ward)
+        log "cargo build --profile $PROFILE --bin ward"
+        (cd "$ROOT" && cargo build --profile "$PROFILE" --quiet --bin ward)
     fi
     [[ -x "$WARD" ]] || die "$WARD does not exist (build it or drop --no-build)"
 }
@@ -589,7 +593,7 @@ for fmt in json table; do
         "saturation=wrk -t$SAT_THREADS -c$SAT_CONNS" "cpu=$(lscpu | sed -n 's/^Model name: *//p')" \
         "cores=$(nproc)" "envoy=$ENVOY_VERSION" "haproxy=$(haproxy -v | head -n 1)" \
         "ward=$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)" \
-        "audit_flush=${AUDIT_FLUSH:-100ms}" \
+        "audit_flush=${AUDIT_FLUSH:-100ms}" "profile=$PROFILE" \
         >"$RESULTS_DIR/proxy-$stamp.$fmt"
 done
 log "saved $RESULTS_DIR/proxy-$stamp.{table,json}"
