@@ -26,7 +26,7 @@ use ward_authz::{HttpRequest, NormalizedPath, Principal, RequestContext};
 use crate::ctx::{ConnCtx, ListenerKind, ReqCtx};
 use crate::headers;
 use crate::identity::Lapse;
-use crate::metrics::{DurationLabels, HandshakeLabels, ResultLabels};
+use crate::metrics::{DurationLabels, HandshakeLabels, ReasonLabels, ResultLabels};
 use crate::proxy::ProxyInputs;
 use crate::respond::{RequestError, error_response};
 use crate::serve::{Drain, accept_loop, serve_http};
@@ -156,16 +156,25 @@ impl Inbound {
         tracing::debug!(%conn, "inbound connection");
         let lapse = {
             let (identity, conn) = (self.inputs.identity.clone(), conn.clone());
+            let metrics = self.inputs.metrics.clone();
             async move {
-                match identity.client_lapse(chain, trust, expires).await {
+                let reason = match identity.client_lapse(chain, trust, expires).await {
                     Lapse::Expired => {
                         tracing::info!(%conn, "the peer's SVID expired; closing its connection");
+                        "expired"
                     }
-                    Lapse::Untrusted(error) => tracing::info!(
-                        %conn, %error,
-                        "the trust bundles no longer vouch for the peer's SVID; closing its connection"
-                    ),
-                }
+                    Lapse::Untrusted(error) => {
+                        tracing::info!(
+                            %conn, %error,
+                            "the trust bundles no longer vouch for the peer's SVID; closing its connection"
+                        );
+                        "untrusted"
+                    }
+                };
+                metrics
+                    .inbound_lapses
+                    .get_or_create(&ReasonLabels { reason })
+                    .inc();
             }
         };
         let this = self.clone();

@@ -75,6 +75,13 @@ pub struct EndpointLabels {
     pub endpoint: String,
 }
 
+/// A label set naming why.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// Why, e.g. `expired` or `untrusted`.
+    pub reason: &'static str,
+}
+
 /// Labels of the connection metrics.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DirectionLabels {
@@ -117,6 +124,10 @@ pub struct Metrics {
     pub connections_open: Family<DirectionLabels, Gauge>,
     /// Connections accepted (inbound: after a successful handshake) or opened (upstream).
     pub connections: Family<DirectionLabels, Counter>,
+    /// Inbound connections ended because the peer's SVID expired or is no longer trusted.
+    pub inbound_lapses: Family<ReasonLabels, Counter>,
+    /// Upstream connection pools replaced because a server SVID expired or the bundles changed.
+    pub upstream_pool_replacements: Family<DestinationLabels, Counter>,
 }
 
 // === impl Metrics ===
@@ -150,6 +161,8 @@ impl Metrics {
             mirrored: Family::default(),
             connections_open: Family::default(),
             connections: Family::default(),
+            inbound_lapses: Family::default(),
+            upstream_pool_replacements: Family::default(),
         };
         let r = &mut registry;
         r.register(
@@ -221,6 +234,16 @@ impl Metrics {
             "connections",
             "Connections accepted or opened",
             m.connections.clone(),
+        );
+        r.register(
+            "inbound_connections_lapsed",
+            "Inbound connections ended because the peer's SVID expired or is no longer trusted",
+            m.inbound_lapses.clone(),
+        );
+        r.register(
+            "upstream_pool_replacements",
+            "Upstream connection pools replaced because a server SVID expired or the bundles changed",
+            m.upstream_pool_replacements.clone(),
         );
         Self { registry, ..m }
     }

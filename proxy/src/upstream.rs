@@ -32,7 +32,7 @@ use ward_identity::SpiffeId;
 use ward_identity::verify::ServerIdentity;
 
 use crate::identity::Identity;
-use crate::metrics::{ConnectionGuard, HandshakeLabels, Metrics};
+use crate::metrics::{ConnectionGuard, DestinationLabels, HandshakeLabels, Metrics};
 use crate::respond::RequestError;
 use crate::{BoxBody, BoxError, tls};
 
@@ -164,11 +164,23 @@ impl EndpointClient {
         let fresh = Arc::new(Generation::new(&self.connector, trust));
         let prev = self.current.compare_and_swap(&current, fresh.clone());
         if Arc::ptr_eq(&prev, &current) {
+            let reason = if lapsed {
+                "server_svid_expired"
+            } else {
+                "bundles_changed"
+            };
             tracing::debug!(
-                endpoint = %self.addr,
-                reason = if lapsed { "a server SVID expired" } else { "the trust bundles changed" },
+                endpoint = %self.addr, reason,
                 "reconnecting: new connections replace the pooled ones"
             );
+            self.connector
+                .metrics
+                .upstream_pool_replacements
+                .get_or_create(&DestinationLabels {
+                    destination: self.connector.destination.to_string(),
+                    reason,
+                })
+                .inc();
             fresh
         } else {
             // Another request replaced it first.

@@ -319,6 +319,11 @@ async fn a_connection_ends_gracefully_when_the_peers_svid_expires() {
         2,
         "both requests reached the app, nothing after"
     );
+    let metrics = p.proxy_b.inputs.metrics.encode();
+    assert!(
+        metrics.contains("ward_proxy_inbound_connections_lapsed_total{reason=\"expired\"} 1"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
@@ -370,6 +375,11 @@ async fn a_bundle_update_that_drops_a_trust_domain_closes_its_connections() {
     )
     .await;
     assert!(refused.is_err(), "new handshakes are refused: {refused:?}");
+    let metrics = p.proxy_b.inputs.metrics.encode();
+    assert!(
+        metrics.contains("ward_proxy_inbound_connections_lapsed_total{reason=\"untrusted\"} 1"),
+        "{metrics}"
+    );
 }
 
 type KeepAlive = hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>;

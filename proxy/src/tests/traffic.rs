@@ -623,9 +623,11 @@ async fn a_pooled_connection_is_not_reused_past_the_servers_svid_expiry() {
     let (status, body) = call(&client, proxy.bound.outbound, "orders-api", "/o", &[]).await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(app.hits(), 1, "nothing went over the expired connection");
-    assert!(metrics(&proxy).await.contains(
+    let metrics = metrics(&proxy).await;
+    assert!(metrics.contains(
         "ward_proxy_tls_handshake_failures_total{direction=\"outbound\",reason=\"expired\"} 1"
     ));
+    assert!(metrics.contains("ward_proxy_upstream_pool_replacements_total{destination=\"orders-api\",reason=\"server_svid_expired\"} 1"), "{metrics}");
 }
 
 #[tokio::test]
@@ -670,7 +672,10 @@ async fn a_bundle_update_that_drops_the_servers_trust_domain_ends_its_pooled_con
     let (status, body) = call(&client, proxy.bound.outbound, "orders-api", "/o", &[]).await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(app.hits(), 2, "nothing went over the distrusted connection");
-    assert!(metrics(&proxy).await.contains(
+    let metrics = metrics(&proxy).await;
+    assert!(metrics.contains(
         "ward_proxy_tls_handshake_failures_total{direction=\"outbound\",reason=\"untrusted_trust_domain\"} 1"
     ));
+    // Once for federating the partner's domain, once for dropping it.
+    assert!(metrics.contains("ward_proxy_upstream_pool_replacements_total{destination=\"orders-api\",reason=\"bundles_changed\"} 2"), "{metrics}");
 }
