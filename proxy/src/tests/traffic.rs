@@ -72,6 +72,14 @@ fn retries(attempts: u32, on: &[RetryOn]) -> RetryPolicy {
     }
 }
 
+/// The default traffic policy without retries: each call is one try.
+fn one_try() -> TrafficPolicy {
+    TrafficPolicy {
+        retries: retries(1, &[]),
+        ..TrafficPolicy::default()
+    }
+}
+
 async fn metrics(proxy: &Running) -> String {
     http_raw(proxy.bound.admin, &get("/metrics", "x"))
         .await
@@ -144,10 +152,7 @@ async fn connect_failures_are_retried_on_another_endpoint() {
             "orders-api",
             &[(dead, ORDERS, &[]), (healthy.addr, ORDERS, &[])],
             &[],
-            TrafficPolicy {
-                retries: retries(1, &[]),
-                ..TrafficPolicy::default()
-            },
+            one_try(),
         ))
         .await;
     let mut statuses = BTreeSet::new();
@@ -559,10 +564,7 @@ async fn endpoints_must_present_the_expected_spiffe_id() {
     let s = Setup::new();
     // This endpoint presents checkout-api's SVID where the registry expects orders-api.
     let impostor = App::spawn_tls("impostor", s.ca.server_config(super::CHECKOUT)).await;
-    let policy = TrafficPolicy {
-        retries: retries(1, &[]),
-        ..TrafficPolicy::default()
-    };
+    let policy = one_try();
     let proxy = s.orders_proxy(&[impostor.addr], policy).await;
     let (status, body) = call(
         &http_client(),
@@ -607,10 +609,7 @@ async fn a_pooled_connection_is_not_reused_past_the_servers_svid_expiry() {
     let short = s.ca.issue(ORDERS, Duration::from_secs(3));
     let expiry = ward_identity::verify::peer_expiry(&short.cert_chain).unwrap();
     let app = endpoint_with("short", &short, &[&s.ca]).await;
-    let policy = TrafficPolicy {
-        retries: retries(1, &[]),
-        ..TrafficPolicy::default()
-    };
+    let policy = one_try();
     let proxy = s.orders_proxy(&[app.addr], policy).await;
     let client = http_client();
     let (status, body) = call(&client, proxy.bound.outbound, "orders-api", "/o", &[]).await;
@@ -641,10 +640,7 @@ async fn a_bundle_update_that_drops_the_servers_trust_domain_ends_its_pooled_con
         &[&s.ca, &partner],
     )
     .await;
-    let policy = TrafficPolicy {
-        retries: retries(1, &[]),
-        ..TrafficPolicy::default()
-    };
+    let policy = one_try();
     let proxy = s
         .proxy(registry(
             "orders-api",
