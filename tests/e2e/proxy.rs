@@ -368,7 +368,7 @@ async fn svids_from_the_agent_rotate_under_traffic_without_failures() {
     let mut sent = 0;
     let mut rotations = (0, 0);
     let mut last = first;
-    // The first SVIDs' last valid second; proxy B ends A's pooled connection after it.
+    // The first SVIDs' last valid second; no connection they authenticated is used after it.
     let first_expired = UNIX_EPOCH + Duration::from_secs(first.0.max(first.1) + 1);
     // Continuous traffic until each side has rotated at least twice and the connections the
     // first SVIDs authenticated have been closed for their expiry.
@@ -395,10 +395,23 @@ async fn svids_from_the_agent_rotate_under_traffic_without_failures() {
         last = now;
     }
     assert!(sent > 10, "only {sent} requests");
+    // Proxy A stops using connections that B's first SVID authenticated once it expires. Proxy
+    // B closes the connection A's first SVID authenticated at its expiry, unless A, whose
+    // server SVID expired first, has already replaced it.
+    let metrics = http_raw(a.admin, &get("/metrics", "x")).await.unwrap().1;
     assert!(
-        b.logs()
-            .contains("the peer's SVID expired; closing its connection"),
-        "proxy B never closed a connection for its expired SVID: {}",
+        metrics.contains(
+            "ward_proxy_upstream_pool_replacements_total{destination=\"checkout-api\",reason=\"server_svid_expired\"}"
+        ),
+        "proxy A never replaced connections for B's expired SVID: {metrics}"
+    );
+    let b_closed = b
+        .logs()
+        .contains("the peer's SVID expired; closing its connection");
+    let replaced_first = first.1 <= first.0;
+    assert!(
+        b_closed || replaced_first,
+        "A's SVID expired first, yet proxy B never closed its connection: {}",
         b.logs()
     );
     let _ = agent.kill();
