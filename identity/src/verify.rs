@@ -12,9 +12,12 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
+use rustls::client::ResolvesClientCert;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
+use rustls::server::ResolvesServerCert;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::sign::{CertifiedKey, SingleCertAndKey};
 use rustls::{
     CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, SignatureScheme,
 };
@@ -412,12 +415,24 @@ pub fn server_config(
     svid: &X509Svid,
     verifier: SvidVerifier,
 ) -> Result<rustls::ServerConfig, rustls::Error> {
+    let certs = SingleCertAndKey::from(certified_key(svid, &verifier.provider)?);
+    server_config_with(verifier, Arc::new(certs))
+}
+
+/// A server config that presents what `certs` resolves (e.g. an SVID that rotates) and
+/// requires client SVIDs that `verifier` accepts.
+///
+/// No session resumption: a resumed session skips verifying the client against the bundles as
+/// they are now, so an expired or distrusted SVID could come back.
+pub fn server_config_with(
+    verifier: SvidVerifier,
+    certs: Arc<dyn ResolvesServerCert>,
+) -> Result<rustls::ServerConfig, rustls::Error> {
     let provider = verifier.provider.clone();
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(Arc::new(ClientVerifier::new(verifier)))
-        .with_single_cert(svid.cert_chain.clone(), svid.rustls_private_key())?;
-    // A resumed session skips verifying the client against the bundles as they are now.
+        .with_cert_resolver(certs);
     cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     cfg.send_tls13_tickets = 0;
     Ok(cfg)
@@ -430,15 +445,36 @@ pub fn client_config(
     verifier: SvidVerifier,
     expected: ServerIdentity,
 ) -> Result<rustls::ClientConfig, rustls::Error> {
+    let certs = SingleCertAndKey::from(certified_key(svid, &verifier.provider)?);
+    client_config_with(verifier, expected, Arc::new(certs))
+}
+
+/// A client config that presents what `certs` resolves and accepts servers that `verifier`
+/// accepts and that match `expected`.
+///
+/// No session resumption: a resumed session skips verifying the server against the bundles as
+/// they are now.
+pub fn client_config_with(
+    verifier: SvidVerifier,
+    expected: ServerIdentity,
+    certs: Arc<dyn ResolvesClientCert>,
+) -> Result<rustls::ClientConfig, rustls::Error> {
     let provider = verifier.provider.clone();
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(ServerVerifier::new(verifier, expected)))
-        .with_client_auth_cert(svid.cert_chain.clone(), svid.rustls_private_key())?;
-    // A resumed session skips verifying the server against the bundles as they are now.
+        .with_client_cert_resolver(certs);
     cfg.resumption = rustls::client::Resumption::disabled();
     Ok(cfg)
+}
+
+/// `svid` as rustls presents it; fails if its key does not match its certificate.
+fn certified_key(
+    svid: &X509Svid,
+    provider: &CryptoProvider,
+) -> Result<CertifiedKey, rustls::Error> {
+    CertifiedKey::from_der(svid.cert_chain.clone(), svid.rustls_private_key(), provider)
 }
 
 /// The X.509-SVID profile checks on the leaf alone; returns its SPIFFE id.

@@ -1,8 +1,9 @@
 //! rustls configs backed by the live [`Identity`], and handshake-failure reasons for metrics.
 //!
-//! These mirror `ward_identity::verify::{server_config, client_config}`, with one difference:
-//! the certificate comes from a resolver that reads the [`Identity`] on every handshake instead
-//! of being fixed at build time, so SVID rotation needs no new config and no new listener.
+//! These are `ward_identity::verify::{server_config_with, client_config_with}` (SVID
+//! verifiers, no session resumption) with our ALPN ids and a resolver that reads the
+//! [`Identity`] on every handshake instead of a fixed certificate, so SVID rotation needs no
+//! new config and no new listener.
 
 use std::sync::Arc;
 
@@ -11,7 +12,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{CertificateError, ClientConfig, ServerConfig, SignatureScheme};
 use ward_identity::VerifyError;
-use ward_identity::verify::{ClientVerifier, ServerIdentity, ServerVerifier};
+use ward_identity::verify::{self, ServerIdentity};
 
 use crate::identity::Identity;
 
@@ -42,17 +43,9 @@ impl ResolvesClientCert for SvidResolver {
 
 /// The inbound config: presents our SVID and requires a client SVID from a trusted domain.
 pub fn server_config(identity: &Identity) -> Result<Arc<ServerConfig>, rustls::Error> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut cfg = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_client_cert_verifier(Arc::new(ClientVerifier::new(identity.verifier())))
-        .with_cert_resolver(Arc::new(SvidResolver(identity.clone())));
+    let resolver = Arc::new(SvidResolver(identity.clone()));
+    let mut cfg = verify::server_config_with(identity.verifier(), resolver)?;
     cfg.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
-    // No resumption: a resumed session skips client-certificate verification, so a peer whose
-    // SVID has since expired (or whose trust domain was dropped) would still get in. Proxies
-    // keep pooled connections, so full handshakes are rare anyway.
-    cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
-    cfg.send_tls13_tickets = 0;
     Ok(Arc::new(cfg))
 }
 
@@ -61,20 +54,9 @@ pub fn client_config(
     identity: &Identity,
     expected: ServerIdentity,
 ) -> Result<Arc<ClientConfig>, rustls::Error> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut cfg = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(ServerVerifier::new(
-            identity.verifier(),
-            expected,
-        )))
-        .with_client_cert_resolver(Arc::new(SvidResolver(identity.clone())));
+    let resolver = Arc::new(SvidResolver(identity.clone()));
+    let mut cfg = verify::client_config_with(identity.verifier(), expected, resolver)?;
     cfg.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
-    // No resumption either way: a resumed session skips verifying the server, whose SVID may
-    // have expired or whose trust domain may have been dropped since (a peer such as Envoy
-    // issues tickets).
-    cfg.resumption = rustls::client::Resumption::disabled();
     Ok(Arc::new(cfg))
 }
 
