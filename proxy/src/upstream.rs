@@ -48,8 +48,6 @@ pub struct EndpointClient {
     /// The URI authority sent: the service name (the peer's `Host` / `:authority`).
     authority: String,
     identity: Identity,
-    /// Connects; each generation gets a copy that reports to it.
-    connector: MtlsConnector,
     current: Arc<ArcSwap<Generation>>,
 }
 
@@ -57,11 +55,10 @@ pub struct EndpointClient {
 #[derive(Debug)]
 struct Generation {
     client: Client<MtlsConnector, Full<Bytes>>,
+    /// What `client` connects with; its `lapses_at` is this generation's.
+    connector: MtlsConnector,
     /// [`Identity::trust_generation`] when it started.
     trust: u64,
-    /// When the first server SVID among its connections expires, in Unix milliseconds
-    /// (`u64::MAX` until a connection is made).
-    lapses_at: Arc<AtomicU64>,
 }
 
 /// Opens mTLS connections to one endpoint, within the service's `max_connections`.
@@ -73,7 +70,8 @@ pub struct MtlsConnector {
     connections: Arc<Semaphore>,
     destination: Arc<str>,
     metrics: Arc<Metrics>,
-    /// Its generation's `lapses_at`.
+    /// When the first server SVID among its connections expires, in Unix milliseconds
+    /// (`u64::MAX` until a connection is made); shared by one generation's connections.
     lapses_at: Arc<AtomicU64>,
 }
 
@@ -118,14 +116,13 @@ impl EndpointClient {
             lapses_at: Arc::new(AtomicU64::new(u64::MAX)),
         };
         let current = Arc::new(ArcSwap::from_pointee(Generation::new(
-            &connector,
+            connector,
             identity.trust_generation(),
         )));
         Ok(Self {
             addr,
             authority,
             identity: identity.clone(),
-            connector,
             current,
         })
     }
@@ -157,11 +154,12 @@ impl EndpointClient {
     fn generation(&self) -> Arc<Generation> {
         let current = self.current.load_full();
         let trust = self.identity.trust_generation();
-        let lapsed = unix_millis(SystemTime::now()) >= current.lapses_at.load(Ordering::Relaxed);
+        let lapses_at = current.connector.lapses_at.load(Ordering::Relaxed);
+        let lapsed = unix_millis(SystemTime::now()) >= lapses_at;
         if current.trust == trust && !lapsed {
             return current;
         }
-        let fresh = Arc::new(Generation::new(&self.connector, trust));
+        let fresh = Arc::new(current.next(trust));
         let prev = self.current.compare_and_swap(&current, fresh.clone());
         if Arc::ptr_eq(&prev, &current) {
             let reason = if lapsed {
@@ -173,11 +171,12 @@ impl EndpointClient {
                 endpoint = %self.addr, reason,
                 "reconnecting: new connections replace the pooled ones"
             );
-            self.connector
+            current
+                .connector
                 .metrics
                 .upstream_pool_replacements
                 .get_or_create(&DestinationLabels {
-                    destination: self.connector.destination.to_string(),
+                    destination: current.connector.destination.to_string(),
                     reason,
                 })
                 .inc();
@@ -215,22 +214,26 @@ fn classify(err: hyper_util::client::legacy::Error) -> RequestError {
 // === impl Generation ===
 
 impl Generation {
-    fn new(connector: &MtlsConnector, trust: u64) -> Self {
-        let lapses_at = Arc::new(AtomicU64::new(u64::MAX));
-        let connector = MtlsConnector {
-            lapses_at: lapses_at.clone(),
-            ..connector.clone()
-        };
+    fn new(connector: MtlsConnector, trust: u64) -> Self {
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .pool_idle_timeout(POOL_IDLE)
-            .build(connector);
+            .build(connector.clone());
         Self {
             client,
+            connector,
             trust,
-            lapses_at,
         }
+    }
+
+    /// A generation with no connections yet, started at trust generation `trust`.
+    fn next(&self, trust: u64) -> Self {
+        let connector = MtlsConnector {
+            lapses_at: Arc::new(AtomicU64::new(u64::MAX)),
+            ..self.connector.clone()
+        };
+        Self::new(connector, trust)
     }
 }
 
