@@ -48,7 +48,7 @@ pub struct Snapshot {
     /// attribute out (building an `ipaddr` value is a good part of a request's cost).
     pub(crate) reads_source_ip: bool,
     /// Whether requests of a shape conform to the schema (see `Snapshot::request`).
-    pub(crate) conforming: scope::Cache<prepare::ShapeKey, Result<(), String>>,
+    pub(crate) conforming: crate::cache::Cache<prepare::ShapeKey, Result<(), String>>,
 }
 
 /// The answer to a request. A deny is a value, not an error.
@@ -165,7 +165,7 @@ impl Snapshot {
             warnings: loaded.warnings,
             scope: None,
             reads_source_ip: true,
-            conforming: scope::Cache::new(),
+            conforming: crate::cache::Cache::new(),
         };
         snapshot.reads_source_ip = snapshot
             .policies
@@ -228,9 +228,11 @@ impl Snapshot {
     pub fn authorize(&self, request: &Request) -> Decision {
         let start = Instant::now();
         let outcome = match self.prepare(request) {
-            Ok(p) => slice::evaluate(
-                self.index
-                    .candidates(&p.principal, &p.action, &p.resource, &request.context),
+            Ok(p) => self.index.evaluate(
+                &p.principal,
+                &p.action,
+                &p.resource,
+                &request.context,
                 &p.request,
                 &p.entities,
             ),

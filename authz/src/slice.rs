@@ -23,19 +23,22 @@
 //! [`Guard`], e.g. `context.path like "/admin/*"`) are grouped by that test and evaluated only
 //! when it passes; see `slice/guard.rs` for why that cannot change a decision.
 //!
-//! Each evaluated group is its own Cedar policy set and the results are combined with
-//! Cedar's rules: any satisfied `forbid` denies (and the satisfied forbids are the reasons);
-//! otherwise any evaluation error denies (with no reasons; fail closed); otherwise any
-//! satisfied `permit` allows (the satisfied permits are the reasons); otherwise deny with no
-//! reasons.
+//! The groups a request evaluates are merged into one Cedar policy set, built once per
+//! combination of groups and kept, so a decision is one call into Cedar. The result is read
+//! with Cedar's rules plus one of Ward's: any satisfied `forbid` denies (and the satisfied
+//! forbids are the reasons); otherwise any evaluation error denies (with no reasons; fail
+//! closed); otherwise any satisfied `permit` allows (the satisfied permits are the reasons);
+//! otherwise deny with no reasons.
 
-use std::collections::HashMap;
+use std::sync::Arc;
 
 use cedar_policy::{
     ActionConstraint, Authorizer, Decision as CedarDecision, Entities, EntityUid, Policy,
     PolicySet, PrincipalConstraint, Request, ResourceConstraint, Schema,
 };
 
+use crate::FastMap;
+use crate::cache::Cache;
 use crate::engine::EvalError;
 use crate::error::Error;
 use crate::request::RequestContext;
@@ -47,11 +50,14 @@ use guard::Guard;
 /// The policy set, bucketed by scope.
 #[derive(Debug, Default)]
 pub(crate) struct PolicyIndex {
-    by_pair: HashMap<(EntityUid, EntityUid), Sets>,
-    by_principal: HashMap<EntityUid, Sets>,
-    by_resource: HashMap<EntityUid, Sets>,
-    by_action: HashMap<EntityUid, Sets>,
+    by_pair: FastMap<(EntityUid, EntityUid), Sets>,
+    by_principal: FastMap<EntityUid, Sets>,
+    by_resource: FastMap<EntityUid, Sets>,
+    by_action: FastMap<EntityUid, Sets>,
     always: Sets,
+    /// The union of each combination of sets requests have evaluated, keyed by the sets'
+    /// addresses (they live as long as the index and never move).
+    merged: Cache<Vec<usize>, Arc<PolicySet>>,
 }
 
 /// One bucket's policies: those evaluated whenever the bucket applies, and those grouped by
@@ -59,7 +65,7 @@ pub(crate) struct PolicyIndex {
 #[derive(Debug, Default)]
 struct Sets {
     plain: PolicySet,
-    guarded: HashMap<Guard, PolicySet>,
+    guarded: FastMap<Guard, PolicySet>,
 }
 
 /// The combined result of evaluating one or more policy sets.
@@ -105,6 +111,36 @@ impl PolicyIndex {
             }
         }
         Ok(index)
+    }
+
+    /// Evaluates `request` against every policy that can apply to it, in one Cedar call.
+    pub(crate) fn evaluate(
+        &self,
+        principal: &EntityUid,
+        action: &EntityUid,
+        resource: &EntityUid,
+        context: &RequestContext,
+        request: &Request,
+        entities: &Entities,
+    ) -> Outcome {
+        let sets: Vec<&PolicySet> = self
+            .candidates(principal, action, resource, context)
+            .collect();
+        if let [_, _, ..] = sets.as_slice() {
+            let key = sets
+                .iter()
+                .map(|s| std::ptr::from_ref(*s) as usize)
+                .collect();
+            let merged = self.merged.get(&key).or_else(|| {
+                let merged = Arc::new(merge(&sets)?);
+                self.merged.insert(key, merged.clone());
+                Some(merged)
+            });
+            if let Some(merged) = merged {
+                return evaluate(std::iter::once(&*merged), request, entities);
+            }
+        }
+        evaluate(sets.into_iter(), request, entities)
     }
 
     /// The non-empty policy sets a request for `(principal, action, resource)` with `context`
@@ -207,6 +243,16 @@ fn bucket(policy: &Policy, actions: &Entities) -> Bucket {
         }
         ActionConstraint::Any => Bucket::Always,
     }
+}
+
+/// One set holding every policy of `sets`; `None` if two of them share a policy id, which
+/// slicing never produces (each policy is in one bucket, and a request has one action).
+fn merge(sets: &[&PolicySet]) -> Option<PolicySet> {
+    let mut merged = PolicySet::new();
+    for policy in sets.iter().flat_map(|s| s.policies()) {
+        merged.add(policy.clone()).ok()?;
+    }
+    Some(merged)
 }
 
 /// Evaluates `request` against each set and combines the results with Cedar's rules.

@@ -23,24 +23,17 @@
 
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use cedar_policy::{Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicySet, Schema};
 use serde_json::Value;
 
+use crate::FastMap;
+use crate::cache::Cache;
+
 /// The stores of requests that bring no entities of their own depend only on these: the
 /// principal, action, resource and end user.
 pub(crate) type StoreKey = (EntityUid, EntityUid, EntityUid, Option<EntityUid>);
-
-/// How many entries a snapshot's caches keep; a full cache is emptied.
-const CACHE_CAPACITY: usize = 4_096;
-
-/// A small map shared by request threads, emptied when it reaches its capacity. It holds
-/// values derived from one immutable snapshot, so nothing in it ever goes stale.
-#[derive(Debug)]
-pub(crate) struct Cache<K, V> {
-    map: RwLock<HashMap<K, V>>,
-}
 
 /// What every request's small store adds to the request's own entities.
 #[derive(Debug)]
@@ -48,35 +41,11 @@ pub(crate) struct EntityScope {
     /// Every declared entity, with all its ancestors as parents: a small store computes its
     /// transitive closure from parents alone, and the ancestors are not in it. (This doubles
     /// the memory of declared entities; their count is that of services, users and groups.)
-    flat: HashMap<EntityUid, Entity>,
+    flat: FastMap<EntityUid, Entity>,
     /// Declared entities that policy conditions name as literals.
     literals: Vec<EntityUid>,
     /// Stores already built, shared by requests with the same key.
     cache: Cache<StoreKey, Arc<Entities>>,
-}
-
-// === impl Cache ===
-
-impl<K: std::hash::Hash + Eq, V: Clone> Cache<K, V> {
-    pub(crate) fn new() -> Self {
-        Self {
-            map: RwLock::new(HashMap::new()),
-        }
-    }
-
-    pub(crate) fn get(&self, key: &K) -> Option<V> {
-        // A poisoned lock only means a panic elsewhere; the map itself is always whole.
-        let map = self.map.read().unwrap_or_else(|e| e.into_inner());
-        map.get(key).cloned()
-    }
-
-    pub(crate) fn insert(&self, key: K, value: V) {
-        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
-        if map.len() >= CACHE_CAPACITY {
-            map.clear();
-        }
-        map.insert(key, value);
-    }
 }
 
 // === impl EntityScope ===
@@ -92,7 +61,7 @@ impl EntityScope {
         if Entities::from_entities(probes, Some(schema)).is_err() {
             return None;
         }
-        let mut flat = HashMap::new();
+        let mut flat = FastMap::default();
         for entity in entities.iter() {
             let (uid, e) = flatten(entity)?;
             flat.insert(uid, e);
