@@ -185,6 +185,12 @@ impl Snapshot {
         &self.revision
     }
 
+    /// The request headers the schema lets policies read (lower case): a caller may pass only
+    /// these in [`RequestContext::headers`], since no others reach a policy.
+    pub fn declared_headers(&self) -> &[String] {
+        self.context.all_headers()
+    }
+
     /// Number of policies.
     pub fn policy_count(&self) -> usize {
         self.policies.num_of_policies()

@@ -227,6 +227,7 @@ impl Inbound {
                 "-".into(),
             ));
         };
+        let snapshot = inputs.authz.snapshot();
         let http = HttpRequest {
             principal: Principal::Workload(peer.clone()),
             service: inputs.cfg.service.clone(),
@@ -238,11 +239,10 @@ impl Inbound {
                 mtls: true,
                 request_id: ctx.request_id.clone(),
                 time: ward_audit::record::now_ms() / 1000,
-                headers: cedar_headers(headers),
+                headers: cedar_headers(headers, snapshot.declared_headers()),
                 ..RequestContext::default()
             },
         };
-        let snapshot = inputs.authz.snapshot();
         let (request, path) = match snapshot.map_http(&http) {
             Ok(mapped) => mapped,
             Err(err) => {
@@ -388,17 +388,25 @@ impl Inbound {
     }
 }
 
-/// Request headers as Cedar context: lower-case names, values joined by `, `.
-fn cedar_headers(headers: &HeaderMap) -> BTreeMap<String, String> {
+/// The request headers policies can read, as Cedar context: lower-case names, values joined
+/// by `, `. Headers the schema does not declare never reach a policy, so they are not copied.
+fn cedar_headers(headers: &HeaderMap, declared: &[String]) -> BTreeMap<String, String> {
     let mut out: BTreeMap<String, String> = BTreeMap::new();
-    for (name, value) in headers {
-        if let Ok(v) = value.to_str() {
-            out.entry(name.as_str().to_owned())
-                .and_modify(|existing| {
-                    existing.push_str(", ");
-                    existing.push_str(v);
-                })
-                .or_insert_with(|| v.to_owned());
+    for name in declared {
+        // Values that are not visible ASCII are left out; a header with none left is absent.
+        let mut joined: Option<String> = None;
+        for v in headers.get_all(name.as_str()) {
+            let Ok(v) = v.to_str() else { continue };
+            match &mut joined {
+                Some(j) => {
+                    j.push_str(", ");
+                    j.push_str(v);
+                }
+                None => joined = Some(v.to_owned()),
+            }
+        }
+        if let Some(joined) = joined {
+            out.insert(name.clone(), joined);
         }
     }
     out

@@ -146,6 +146,13 @@ fn undeclared_headers_do_not_reach_policies_and_declared_ones_do() {
 }
 
 #[test]
+fn declared_headers_are_every_actions_header_names_once_in_lower_case() {
+    // The demo schema declares `x-ward-tenant` and `x-canary` in the one `Headers` type every
+    // action's context shares; a caller may copy just these into the request context.
+    assert_eq!(demo().declared_headers(), ["x-canary", "x-ward-tenant"]);
+}
+
+#[test]
 fn malformed_requests_deny_with_an_error() {
     let s = demo();
     // `egress` applies to ExternalHost resources only: the request does not fit the schema.

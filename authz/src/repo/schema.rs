@@ -15,6 +15,8 @@ use crate::model::{Model, NAMESPACE};
 pub(crate) struct ContextShape {
     /// The header names each action's `context.headers` record declares (lower case).
     headers: HashMap<String, Vec<String>>,
+    /// Every name in `headers`, once, sorted.
+    all_headers: Vec<String>,
 }
 
 // === impl ContextShape ===
@@ -25,6 +27,11 @@ impl ContextShape {
         self.headers
             .get(action.id().unescaped())
             .map_or(&[], Vec::as_slice)
+    }
+
+    /// The header names any action's policies can see (lower case).
+    pub(crate) fn all_headers(&self) -> &[String] {
+        &self.all_headers
     }
 }
 
@@ -122,6 +129,10 @@ fn context_shape(text: &str) -> ContextShape {
             .unwrap_or_default();
         shape.headers.insert(name.clone(), headers);
     }
+    let mut all: Vec<String> = shape.headers.values().flatten().cloned().collect();
+    all.sort();
+    all.dedup();
+    shape.all_headers = all;
     shape
 }
 

@@ -9,8 +9,8 @@ use tempfile::TempDir;
 use super::{CHECKOUT, MOBILE, registry};
 use crate::config::{Config, TrafficPolicy};
 use crate::test_util::{
-    App, Running, TIMEOUT, TestCa, call, config, eventually, get, http_client, http_raw, https_raw,
-    policies_dir,
+    App, Running, TIMEOUT, TestCa, call, config, copy_policies, eventually, get, http_client,
+    http_raw, https_raw, policies_dir,
 };
 
 /// app A → proxy A (mobile-gateway) → mTLS → proxy B (checkout-api) → app B.
@@ -415,6 +415,53 @@ async fn cart(conn: &mut KeepAlive) -> hyper::Result<u16> {
     let status = resp.status().as_u16();
     resp.into_body().collect().await?;
     Ok(status)
+}
+
+#[tokio::test]
+async fn declared_headers_reach_policies_joined_and_case_insensitive() {
+    let ca = TestCa::new("ward.local");
+    let dir = tempfile::tempdir().unwrap();
+    let policies = copy_policies(dir.path());
+    // `x-canary` is declared in the schema; `x-undeclared` is not, so no policy can read it.
+    std::fs::write(
+        policies.join("canary.cedar"),
+        "@id(\"block-canary\")\nforbid (principal, action, resource)\n\
+         when { context.headers has \"x-canary\" && context.headers[\"x-canary\"] == \"a, b\" };\n",
+    )
+    .unwrap();
+    let app = App::spawn("app").await;
+    let id_b = ca.write_identity(dir.path(), "b", CHECKOUT);
+    let proxy = Running::start(config(
+        dir.path(),
+        "proxy-b",
+        "checkout-api",
+        app.addr,
+        id_b,
+        policies,
+    ))
+    .await;
+    let tls = ca.client_config(&ca.issue(MOBILE, Duration::from_secs(600)), CHECKOUT);
+    let inbound = proxy.bound.inbound;
+    let send = |headers: &str| {
+        let request = format!(
+            "GET /cart HTTP/1.1\r\nhost: checkout-api\r\n{headers}connection: close\r\n\r\n"
+        );
+        let tls = tls.clone();
+        async move { https_raw(inbound, tls, &request).await.unwrap().0 }
+    };
+    // Repeated values are joined with ", " in order, whatever the case of the name.
+    assert_eq!(send("X-Canary: a\r\nx-canary: b\r\n").await, 403);
+    assert_eq!(send("x-canary: a, b\r\n").await, 403);
+    assert_eq!(send("x-canary: b\r\nx-canary: a\r\n").await, 200);
+    assert_eq!(send("x-canary: a\r\n").await, 200);
+    assert_eq!(send("x-undeclared: a, b\r\n").await, 200);
+    // A value that is not visible ASCII is left out rather than passed on mangled.
+    assert_eq!(
+        send("x-canary: a\r\nx-canary: \u{e9}\r\nx-canary: b\r\n").await,
+        403
+    );
+    assert_eq!(app.hits(), 3);
+    proxy.stop().await;
 }
 
 #[tokio::test]
