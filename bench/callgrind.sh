@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Instructions per request of proxy B, counted by callgrind: repeatable whatever else the
+# machine is doing, unlike time. Uses the work directory `bench/proxy.sh --keep` left behind
+# (its certificates, nginx and the `ward` setup's two proxy configs); see bench/README.md.
+#
+#   bench/callgrind.sh /tmp/ward-bench.XXXXXX                  # target/release/ward
+#   bench/callgrind.sh /tmp/ward-bench.XXXXXX other/ward 8000  # another build, 8,000 requests
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+WORK="${1:?usage: bench/callgrind.sh WORK_DIR [WARD_BINARY] [REQUESTS]}"
+WARD="${2:-$ROOT/target/release/ward}"
+REQUESTS="${3:-4000}"
+OUT="$ROOT/target/bench/callgrind-$(date -u +%Y%m%dT%H%M%SZ)"
+
+die() { echo "bench/callgrind.sh: $*" >&2; exit 1; }
+for cmd in valgrind callgrind_control h2load nginx curl; do
+    command -v "$cmd" >/dev/null || die "$cmd is missing (bench/proxy.sh installs all but valgrind)"
+done
+[[ -x "$WARD" ]] || die "no ward binary at $WARD"
+[[ "$REQUESTS" =~ ^[1-9][0-9]*$ ]] || die "REQUESTS must be a positive whole number"
+for f in nginx/nginx.conf ward-a/proxy.yaml ward-b/proxy.yaml; do
+    [[ -f "$WORK/$f" ]] || die "$WORK/$f is missing: run bench/proxy.sh --keep --configs ward first"
+done
+# A's outbound listener, from the kept config: `outbound: "127.0.0.1:PORT"`.
+URL="http://$(sed -n 's/.*outbound: "\([0-9.:]*\)".*/\1/p' "$WORK/ward-a/proxy.yaml")/"
+[[ "$URL" != "http:///" ]] || die "no outbound address in $WORK/ward-a/proxy.yaml"
+
+PIDS=()
+cleanup() {
+    if ((${#PIDS[@]} > 0)); then kill "${PIDS[@]}" 2>/dev/null || true; fi
+    wait 2>/dev/null || true
+}
+trap cleanup EXIT
+
+mkdir -p "$OUT"
+rm -rf "$WORK"/ward-a/audit.db* "$WORK"/ward-b/audit.db* "$WORK"/ward-a/spool "$WORK"/ward-b/spool
+nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" >"$OUT/nginx.log" 2>&1 &
+PIDS+=("$!")
+TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind --separate-threads=yes --instr-atstart=no \
+    --callgrind-out-file="$OUT/callgrind.%p" \
+    "$WARD" --log-level warn proxy --config "$WORK/ward-b/proxy.yaml" >"$OUT/proxy-b.log" 2>&1 &
+B=$!
+PIDS+=("$B")
+TOKIO_WORKER_THREADS=1 "$WARD" --log-level warn proxy --config "$WORK/ward-a/proxy.yaml" \
+    >"$OUT/proxy-a.log" 2>&1 &
+PIDS+=("$!")
+
+code=""
+for _ in $(seq 120); do
+    code="$(curl -s -o /dev/null -w '%{http_code}' -H 'Host: checkout-api' "$URL" || true)"
+    [[ "$code" == "200" ]] && break
+    sleep 0.5
+done
+[[ "$code" == "200" ]] || die "no 200 through the proxies (logs in $OUT)"
+
+load() {
+    h2load --h1 -n "$1" -c 10 -H ':authority: checkout-api' "$URL" >"$OUT/h2load-$2.txt" 2>&1
+    grep -q "$1 succeeded" "$OUT/h2load-$2.txt" || die "not every request succeeded: $OUT/h2load-$2.txt"
+}
+load 500 warmup
+callgrind_control -i on "$B" >/dev/null 2>&1
+load "$REQUESTS" measured
+callgrind_control -i off "$B" >/dev/null 2>&1
+callgrind_control -d "$B" >/dev/null 2>&1
+sleep 1
+
+# One dump file per thread; the thread's name is not in it, so name them by what they run.
+echo "ward: $("$WARD" --version 2>/dev/null || echo "$WARD"), $REQUESTS requests, dumps in $OUT"
+printf '%-34s %16s %14s\n' "thread (dump file)" "instructions" "per request"
+for f in "$OUT"/callgrind.*.1-*; do
+    total="$(sed -n 's/^totals: \([0-9]*\).*/\1/p' "$f" | head -n 1)"
+    [[ -n "$total" && "$total" != 0 ]] || continue
+    if grep -q "ward_proxy::inbound" "$f"; then what="worker"
+    elif grep -q "ward_audit::writer" "$f"; then what="audit writer"
+    elif grep -q "sqlite3VdbeExec" "$f"; then what="SQLite"
+    else what="other"; fi
+    printf '%-34s %16s %14s\n' "$what ($(basename "$f"))" "$total" "$((total / REQUESTS))"
+done
