@@ -470,7 +470,7 @@ pub fn client_config_with(
 }
 
 /// `svid` as rustls presents it; fails if its key does not match its certificate.
-fn certified_key(
+pub fn certified_key(
     svid: &X509Svid,
     provider: &CryptoProvider,
 ) -> Result<CertifiedKey, rustls::Error> {

@@ -205,11 +205,7 @@ impl std::fmt::Debug for Identity {
 impl Current {
     fn new(svid: X509Svid) -> Result<Self, IdentityError> {
         let provider = rustls::crypto::aws_lc_rs::default_provider();
-        let key = provider
-            .key_provider
-            .load_private_key(svid.rustls_private_key())?;
-        let certified = Arc::new(CertifiedKey::new(svid.cert_chain.clone(), key));
-        certified.keys_match()?;
+        let certified = Arc::new(ward_identity::verify::certified_key(&svid, &provider)?);
         Ok(Self { svid, certified })
     }
 }
