@@ -394,19 +394,13 @@ fn cedar_headers(headers: &HeaderMap, declared: &[String]) -> BTreeMap<String, S
     let mut out: BTreeMap<String, String> = BTreeMap::new();
     for name in declared {
         // Values that are not visible ASCII are left out; a header with none left is absent.
-        let mut joined: Option<String> = None;
-        for v in headers.get_all(name.as_str()) {
-            let Ok(v) = v.to_str() else { continue };
-            match &mut joined {
-                Some(j) => {
-                    j.push_str(", ");
-                    j.push_str(v);
-                }
-                None => joined = Some(v.to_owned()),
-            }
-        }
-        if let Some(joined) = joined {
-            out.insert(name.clone(), joined);
+        let values: Vec<&str> = headers
+            .get_all(name.as_str())
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        if !values.is_empty() {
+            out.insert(name.clone(), values.join(", "));
         }
     }
     out
