@@ -6,9 +6,10 @@
 //! scope, evaluated for every request). Requests mix allowed calls, calls a forbid catches and
 //! calls nothing permits.
 //!
-//! Criterion measures the mean of sliced (`Snapshot::authorize`) and unsliced
-//! (`Snapshot::authorize_unsliced`) evaluation. After it, a table of p50/p99 over individually
-//! timed decisions is printed, plus the ext_authz gRPC round trip on loopback.
+//! Criterion measures the mean of sliced (`Snapshot::authorize_evaluated`) and unsliced
+//! (`Snapshot::authorize_unsliced`) evaluation, and of `Snapshot::authorize` answering the same
+//! requests again from remembered decisions ("remembered"). After it, a table of p50/p99 over
+//! individually timed decisions is printed, plus the ext_authz gRPC round trip on loopback.
 
 #![allow(
     clippy::expect_used,
@@ -221,6 +222,12 @@ fn criterion_benches(c: &mut Criterion, fixtures: &[Fixture]) {
         group.bench_function(format!("sliced/{n}"), |b| {
             b.iter(|| {
                 i = (i + 1) % f.requests.len();
+                black_box(f.snapshot.authorize_evaluated(black_box(&f.requests[i])))
+            })
+        });
+        group.bench_function(format!("remembered/{n}"), |b| {
+            b.iter(|| {
+                i = (i + 1) % f.requests.len();
                 black_box(f.snapshot.authorize(black_box(&f.requests[i])))
             })
         });
@@ -283,13 +290,13 @@ fn latency_table(fixtures: &[Fixture]) {
     println!("| ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |");
     for f in fixtures {
         let n = f.snapshot.policy_count();
-        for (mode, sliced) in [("sliced", true), ("unsliced", false)] {
+        for mode in ["sliced", "remembered", "unsliced"] {
             let (iters, [p50, p99, p999, max, mean]) = percentiles(Duration::from_secs(3), |i| {
                 let r = &f.requests[i % f.requests.len()];
-                let d = if sliced {
-                    f.snapshot.authorize(r)
-                } else {
-                    f.snapshot.authorize_unsliced(r)
+                let d = match mode {
+                    "sliced" => f.snapshot.authorize_evaluated(r),
+                    "remembered" => f.snapshot.authorize(r),
+                    _ => f.snapshot.authorize_unsliced(r),
                 };
                 black_box(d);
             });
@@ -416,6 +423,12 @@ fn main() {
         for r in f.requests.iter().take(check) {
             let (a, b) = (f.snapshot.authorize(r), f.snapshot.authorize_unsliced(r));
             assert_eq!((a.allow, &a.reasons), (b.allow, &b.reasons), "{r:?}");
+            let again = f.snapshot.authorize(r);
+            assert_eq!(
+                (again.allow, &again.reasons),
+                (b.allow, &b.reasons),
+                "{r:?}"
+            );
         }
         f.allowed = f
             .requests

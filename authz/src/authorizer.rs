@@ -168,7 +168,7 @@ impl Authorizer {
     ) -> Enforcement {
         let mode = self.modes.load().of(request.resource.service());
         self.metrics
-            .decision(decision.allow, mode, decision.elapsed);
+            .decision(decision.allow, mode, decision.elapsed, decision.remembered);
         if let Some(c) = &candidate {
             self.metrics.shadow(decision.allow, c.allow);
             if c.allow != decision.allow {
@@ -267,6 +267,7 @@ fn unmappable(candidate: &Snapshot, err: &Error) -> Decision {
         }],
         revision: candidate.revision().clone(),
         elapsed: Duration::ZERO,
+        remembered: false,
     }
 }
 

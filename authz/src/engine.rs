@@ -17,6 +17,7 @@ use crate::request::{HttpRequest, Request, RequestSpec};
 use crate::route::RouteTable;
 use crate::slice::{self, Outcome, PolicyIndex};
 
+mod memo;
 mod prepare;
 mod resolve;
 mod scope;
@@ -49,6 +50,10 @@ pub struct Snapshot {
     pub(crate) reads_source_ip: bool,
     /// Whether requests of a shape conform to the schema (see `Snapshot::request`).
     pub(crate) conforming: crate::cache::Cache<prepare::ShapeKey, Result<(), String>>,
+    /// The context attributes policies read; `None` turns remembering decisions off.
+    context_reads: Option<memo::ContextReads>,
+    /// Outcomes of earlier requests, by what they depend on (`engine/memo.rs`).
+    decided: crate::cache::Cache<memo::MemoKey, Outcome>,
 }
 
 /// The answer to a request. A deny is a value, not an error.
@@ -67,6 +72,9 @@ pub struct Decision {
     pub revision: Arc<str>,
     /// Time taken to decide.
     pub elapsed: Duration,
+    /// Whether the outcome was remembered from an earlier request that agreed on everything
+    /// the policies can read, rather than evaluated (see `engine/memo.rs`).
+    pub remembered: bool,
 }
 
 /// An error met while deciding.
@@ -166,7 +174,10 @@ impl Snapshot {
             scope: None,
             reads_source_ip: true,
             conforming: crate::cache::Cache::new(),
+            context_reads: None,
+            decided: crate::cache::Cache::new(),
         };
+        snapshot.context_reads = memo::ContextReads::of(snapshot.policies.policies());
         snapshot.reads_source_ip = snapshot
             .policies
             .policies()
@@ -230,10 +241,32 @@ impl Snapshot {
         self.sources.get(&PolicyId::new(id))
     }
 
-    /// Decides `request`, evaluating only the policies whose scope can match.
+    /// Decides `request`, evaluating only the policies whose scope can match, or answers with
+    /// the outcome of an earlier request that agreed on everything the policies can read.
     pub fn authorize(&self, request: &Request) -> Decision {
         let start = Instant::now();
-        let outcome = match self.prepare(request) {
+        let key = self.memo_key(request);
+        if let Some(outcome) = key.as_ref().and_then(|k| self.decided.get(k)) {
+            return Decision {
+                remembered: true,
+                ..self.decision(outcome, start)
+            };
+        }
+        let outcome = self.evaluate(request);
+        if let Some(key) = key {
+            self.decided.insert(key, outcome.clone());
+        }
+        self.decision(outcome, start)
+    }
+
+    /// Decides `request` with Cedar, never from remembered decisions; for tests and benchmarks.
+    pub fn authorize_evaluated(&self, request: &Request) -> Decision {
+        let start = Instant::now();
+        self.decision(self.evaluate(request), start)
+    }
+
+    fn evaluate(&self, request: &Request) -> Outcome {
+        match self.prepare(request) {
             Ok(p) => self.index.evaluate(
                 &p.principal,
                 &p.action,
@@ -243,8 +276,7 @@ impl Snapshot {
                 &p.entities,
             ),
             Err(message) => Outcome::rejected(message),
-        };
-        self.decision(outcome, start)
+        }
     }
 
     /// Decides `request` against every policy (no slicing); for tests and benchmarks.
@@ -281,6 +313,7 @@ impl Snapshot {
             errors: outcome.errors,
             revision: self.revision.clone(),
             elapsed: start.elapsed(),
+            remembered: false,
         }
     }
 }

@@ -20,6 +20,7 @@ use crate::modes::Mode;
 #[derive(Debug, Clone)]
 pub struct Metrics {
     decisions: Family<DecisionLabels, Counter>,
+    remembered: Counter,
     latency: Histogram,
     bad_requests: Family<ApiLabels, Counter>,
     reloads: Family<ReloadLabels, Counter>,
@@ -69,6 +70,7 @@ impl Default for Metrics {
     fn default() -> Self {
         Self {
             decisions: Family::default(),
+            remembered: Counter::default(),
             // 1 µs to ~16 ms: in-process decisions take microseconds.
             latency: Histogram::new(exponential_buckets(1e-6, 2.0, 15)),
             bad_requests: Family::default(),
@@ -99,6 +101,11 @@ impl Metrics {
             self.bad_requests.clone(),
         );
         r.register(
+            "decisions_remembered",
+            "Decisions answered with the outcome of an earlier request that agreed on everything the policies read",
+            self.remembered.clone(),
+        );
+        r.register(
             "reloads",
             "Policy revision reloads by target and result",
             self.reloads.clone(),
@@ -115,14 +122,18 @@ impl Metrics {
         );
     }
 
-    /// Counts one decision: what policy said (`allow`/`deny`) and how it was applied.
-    pub(crate) fn decision(&self, allow: bool, mode: Mode, elapsed: Duration) {
+    /// Counts one decision: what policy said (`allow`/`deny`), how it was applied, and
+    /// whether it was remembered rather than evaluated.
+    pub(crate) fn decision(&self, allow: bool, mode: Mode, elapsed: Duration, remembered: bool) {
         self.decisions
             .get_or_create(&DecisionLabels {
                 result: result(allow),
                 mode: mode.as_str(),
             })
             .inc();
+        if remembered {
+            self.remembered.inc();
+        }
         self.latency.observe(elapsed.as_secs_f64());
     }
 
@@ -243,8 +254,8 @@ mod tests {
         let m = Metrics::default();
         let mut registry = Registry::default();
         m.register(&mut registry);
-        m.decision(true, Mode::Enforce, Duration::from_micros(3));
-        m.decision(false, Mode::DryRun, Duration::from_micros(3));
+        m.decision(true, Mode::Enforce, Duration::from_micros(3), true);
+        m.decision(false, Mode::DryRun, Duration::from_micros(3), false);
         m.shadow(true, false);
         m.shadow(true, true);
         m.reload(ReloadTarget::Enforced, false);
@@ -257,6 +268,7 @@ mod tests {
         for want in [
             r#"ward_authz_decisions_total{result="allow",mode="enforce"} 1"#,
             r#"ward_authz_decisions_total{result="deny",mode="dry-run"} 1"#,
+            r#"ward_authz_decisions_remembered_total 1"#,
             r#"ward_authz_shadow_decisions_total 2"#,
             r#"ward_authz_shadow_disagreements_total{enforced="allow",candidate="deny"} 1"#,
             r#"ward_authz_reloads_total{target="enforced",result="failed"} 1"#,

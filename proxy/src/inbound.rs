@@ -266,6 +266,9 @@ impl Inbound {
         };
         let decision = snapshot.authorize(&request);
         self.metric_decision(if decision.allow { "allow" } else { "deny" });
+        if decision.remembered {
+            self.inputs.metrics.authz_remembered.inc();
+        }
         let action = request.action.clone();
         self.submit(|| {
             let mut r = self.record(ctx, &peer);

@@ -102,6 +102,8 @@ pub struct Metrics {
     pub duration: HistogramFamily<DurationLabels>,
     /// Inbound authorization decisions.
     pub authz: Family<ResultLabels, Counter>,
+    /// Inbound decisions answered from a remembered earlier request (also in `authz`).
+    pub authz_remembered: Counter,
     /// Failed TLS handshakes.
     pub handshake_failures: Family<HandshakeLabels, Counter>,
     /// Retries sent, by condition.
@@ -150,6 +152,7 @@ impl Metrics {
                 Histogram::new(exponential_buckets(0.0005, 2.0, 16))
             }),
             authz: Family::default(),
+            authz_remembered: Counter::default(),
             handshake_failures: Family::default(),
             retries: Family::default(),
             retries_budget_exhausted: Family::default(),
@@ -179,6 +182,11 @@ impl Metrics {
             "authz_decisions",
             "Inbound authorization decisions by result",
             m.authz.clone(),
+        );
+        r.register(
+            "authz_decisions_remembered",
+            "Inbound decisions answered with the outcome of an earlier request that agreed on everything the policies read",
+            m.authz_remembered.clone(),
         );
         r.register(
             "tls_handshake_failures",

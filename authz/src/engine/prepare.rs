@@ -12,7 +12,9 @@ use ward_identity::SpiffeId;
 
 use super::Snapshot;
 use crate::model::{Model, NAMESPACE};
-use crate::request::{EndUser, EntityRef, Principal, Request, Resource, UserClaims};
+use crate::request::{
+    EndUser, EntityRef, Principal, Request, RequestContext, Resource, UserClaims,
+};
 
 /// A request ready for Cedar.
 #[derive(Debug)]
@@ -255,6 +257,22 @@ impl Snapshot {
         Ok((uid, entity))
     }
 
+    /// The headers of `c` that `action`'s policies can see, by their declared (lower-case)
+    /// name, in the request's order.
+    pub(crate) fn declared_headers_of<'r>(
+        &'r self,
+        action: &str,
+        c: &'r RequestContext,
+    ) -> impl Iterator<Item = (&'r String, &'r String)> {
+        let declared = self.context.headers(action);
+        // `declared` is lower case: match case-insensitively rather than lower-casing every
+        // header of every request.
+        c.headers.iter().filter_map(move |(k, v)| {
+            let name = declared.iter().find(|d| d.eq_ignore_ascii_case(k))?;
+            Some((name, v))
+        })
+    }
+
     /// The context record Ward's schema contract describes.
     fn context(
         &self,
@@ -263,16 +281,9 @@ impl Snapshot {
         user: Option<&EntityUid>,
     ) -> Result<(Context, Shape), String> {
         let c = &req.context;
-        let declared = self.context.headers(action);
-        // `declared` is lower case: match case-insensitively and copy only the names kept,
-        // rather than lower-casing every header of every request.
-        let headers: Vec<(String, &String)> = c
-            .headers
-            .iter()
-            .filter_map(|(k, v)| {
-                let name = declared.iter().find(|d| d.eq_ignore_ascii_case(k))?;
-                Some((name.clone(), v))
-            })
+        let headers: Vec<(String, &String)> = self
+            .declared_headers_of(action.id().unescaped(), c)
+            .map(|(name, v)| (name.clone(), v))
             .collect();
         let shape = Shape {
             headers: headers.iter().map(|(k, _)| k.clone()).collect(),

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use cedar_policy::{Context, EntityUid, Schema, SchemaFragment};
+use cedar_policy::{Context, Schema, SchemaFragment};
 use miette::Diagnostic;
 use serde_json::{Value, json};
 
@@ -23,10 +23,8 @@ pub(crate) struct ContextShape {
 
 impl ContextShape {
     /// The header names policies of `action` can see.
-    pub(crate) fn headers(&self, action: &EntityUid) -> &[String] {
-        self.headers
-            .get(action.id().unescaped())
-            .map_or(&[], Vec::as_slice)
+    pub(crate) fn headers(&self, action: &str) -> &[String] {
+        self.headers.get(action).map_or(&[], Vec::as_slice)
     }
 
     /// The header names any action's policies can see (lower case).

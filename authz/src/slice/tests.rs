@@ -6,27 +6,7 @@ use ward_identity::SpiffeId;
 
 use crate::Snapshot;
 use crate::request::{EndUser, Principal, Request, RequestContext, Resource, UserClaims};
-
-/// xorshift64*: tiny, seeded, deterministic.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len())]
-    }
-    fn chance(&mut self, percent: usize) -> bool {
-        self.below(100) < percent
-    }
-}
+use crate::test_util::Rng;
 
 const WORKLOADS: [&str; 6] = [
     "spiffe://ward.local/ns/mobile/sa/mobile-gateway",
@@ -297,16 +277,27 @@ fn sliced_and_unsliced_evaluation_agree() {
         snapshot.guarded_policy_count(),
         snapshot.policy_count()
     );
-    let (mut allows, mut forbidden, mut errored) = (0, 0, 0);
+    let (mut allows, mut forbidden, mut errored, mut remembered) = (0, 0, 0, 0);
     for i in 0..3000 {
         let req = request(&mut rng);
-        let sliced = snapshot.authorize(&req);
+        let sliced = snapshot.authorize_evaluated(&req);
         let full = snapshot.authorize_unsliced(&req);
         assert_eq!(
             (sliced.allow, &sliced.reasons, &sliced.errors),
             (full.allow, &full.reasons, &full.errors),
             "request {i} decided differently: {req:#?}"
         );
+        // Asked twice: the second answer may come from memory (engine/memo.rs) and must agree.
+        for _ in 0..2 {
+            let again = snapshot.authorize(&req);
+            assert_eq!(
+                (again.allow, &again.reasons, &again.errors),
+                (full.allow, &full.reasons, &full.errors),
+                "request {i} decided differently when remembered ({}): {req:#?}",
+                again.remembered
+            );
+            remembered += usize::from(again.remembered);
+        }
         allows += usize::from(sliced.allow);
         forbidden += usize::from(!sliced.allow && !sliced.reasons.is_empty());
         errored += usize::from(!sliced.errors.is_empty());
@@ -315,6 +306,8 @@ fn sliced_and_unsliced_evaluation_agree() {
     assert!(allows > 200, "allows {allows}");
     assert!(forbidden > 200, "forbidden {forbidden}");
     assert!(errored > 50, "errored {errored}");
+    // Every request without claims of its own is remembered the second time it is asked.
+    assert!(remembered > 2000, "remembered {remembered}");
 }
 
 #[test]

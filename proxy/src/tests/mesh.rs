@@ -167,6 +167,16 @@ async fn a_deny_is_403_without_policy_text_and_both_decisions_are_audited() {
         serde_json::json!({"request_id": "no-1", "error": "denied by policy"})
     );
     assert!(!p.app_b.targets().contains(&"/admin".to_owned()));
+    // The same call again is answered from the remembered decision, and audited all the same.
+    let (status, _) = call(
+        &client,
+        out,
+        "checkout-api",
+        "/admin",
+        &[("x-request-id", "no-2")],
+    )
+    .await;
+    assert_eq!(status, 403);
 
     let records = p.audit().await;
     let find = |id: &str| records.iter().find(|r| r.request_id == id).unwrap();
@@ -180,13 +190,21 @@ async fn a_deny_is_403_without_policy_text_and_both_decisions_are_audited() {
     assert_eq!(deny.decision, ward_audit::Decision::Deny);
     assert_eq!(deny.policies, ["guardrail-no-admin-paths"]);
     assert_eq!(deny.node, "proxy-b");
+    let again = find("no-2");
+    assert_eq!(again.decision, ward_audit::Decision::Deny);
+    assert_eq!(again.policies, ["guardrail-no-admin-paths"]);
+    assert_eq!(again.policy_revision, deny.policy_revision);
 
     let metrics = http_raw(p.proxy_b.bound.admin, &get("/metrics", "x"))
         .await
         .unwrap()
         .1;
     assert!(
-        metrics.contains("ward_proxy_authz_decisions_total{result=\"deny\"} 1"),
+        metrics.contains("ward_proxy_authz_decisions_total{result=\"deny\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("ward_proxy_authz_decisions_remembered_total 1"),
         "{metrics}"
     );
     assert!(
