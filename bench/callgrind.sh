@@ -5,12 +5,16 @@
 #
 #   bench/callgrind.sh /tmp/ward-bench.XXXXXX                  # target/release/ward
 #   bench/callgrind.sh /tmp/ward-bench.XXXXXX other/ward 8000  # another build, 8,000 requests
+#   PATHS=distinct bench/callgrind.sh /tmp/ward-bench.XXXXXX   # every request its own path
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 WORK="${1:?usage: bench/callgrind.sh WORK_DIR [WARD_BINARY] [REQUESTS]}"
 WARD="${2:-$ROOT/target/release/ward}"
 REQUESTS="${3:-4000}"
+# `same`: every request asks for `/`; `distinct`: each asks for its own `/items/N`, so no two
+# agree on `context.path` and no decision can be remembered (the demo policies read the path).
+PATHS="${PATHS:-same}"
 OUT="$ROOT/target/bench/callgrind-$(date -u +%Y%m%dT%H%M%SZ)"
 
 die() { echo "bench/callgrind.sh: $*" >&2; exit 1; }
@@ -19,6 +23,8 @@ for cmd in valgrind callgrind_control h2load nginx curl; do
 done
 [[ -x "$WARD" ]] || die "no ward binary at $WARD"
 [[ "$REQUESTS" =~ ^[1-9][0-9]*$ ]] || die "REQUESTS must be a positive whole number"
+[[ "$PATHS" == same || "$PATHS" == distinct ]] || die "PATHS must be same or distinct"
+[[ "$PATHS" == same ]] || ((REQUESTS % 10 == 0)) || die "PATHS=distinct needs REQUESTS in tens"
 for f in nginx/nginx.conf ward-a/proxy.yaml ward-b/proxy.yaml; do
     [[ -f "$WORK/$f" ]] || die "$WORK/$f is missing: run bench/proxy.sh --keep --configs ward first"
 done
@@ -55,18 +61,42 @@ done
 [[ "$code" == "200" ]] || die "no 200 through the proxies (logs in $OUT)"
 
 load() {
-    h2load --h1 -n "$1" -c 10 -H ':authority: checkout-api' "$URL" >"$OUT/h2load-$2.txt" 2>&1
-    grep -q "$1 succeeded" "$OUT/h2load-$2.txt" || die "not every request succeeded: $OUT/h2load-$2.txt"
+    if [[ "$PATHS" == same ]]; then
+        h2load --h1 -n "$1" -c 10 -H ':authority: checkout-api' "$URL" \
+            >"$OUT/h2load-$2.txt" 2>&1
+        grep -q "$1 succeeded" "$OUT/h2load-$2.txt" ||
+            die "not every request succeeded: $OUT/h2load-$2.txt"
+        return
+    fi
+    # h2load gives each client the whole URI list from its start, so ten clients of one h2load
+    # would repeat every path ten times: ten one-client h2loads with their own paths instead.
+    local per=$(($1 / 10)) pids=() c
+    for c in $(seq 0 9); do
+        seq "$(($3 + c * per))" "$(($3 + (c + 1) * per - 1))" | sed "s|^|${URL}items/|" \
+            >"$OUT/uris-$2-$c.txt"
+        h2load --h1 -n "$per" -c 1 -H ':authority: checkout-api' -i "$OUT/uris-$2-$c.txt" \
+            >"$OUT/h2load-$2-$c.txt" 2>&1 &
+        pids+=("$!")
+    done
+    wait "${pids[@]}"
+    for c in $(seq 0 9); do
+        grep -q "$per succeeded" "$OUT/h2load-$2-$c.txt" ||
+            die "not every request succeeded: $OUT/h2load-$2-$c.txt"
+    done
 }
-load 500 warmup
+load 500 warmup 0
 callgrind_control -i on "$B" >/dev/null 2>&1
-load "$REQUESTS" measured
+load "$REQUESTS" measured 100000
 callgrind_control -i off "$B" >/dev/null 2>&1
+ADMIN="$(sed -n 's/.*admin: "\([0-9.:]*\)".*/\1/p' "$WORK/ward-b/proxy.yaml")"
+decisions="$(curl -s "http://$ADMIN/metrics" | grep -E '^ward_proxy_authz_decisions(_remembered)?_total' || true)"
 callgrind_control -d "$B" >/dev/null 2>&1
 sleep 1
 
 # One dump file per thread; the thread's name is not in it, so name them by what they run.
-echo "ward: $("$WARD" --version 2>/dev/null || echo "$WARD"), $REQUESTS requests, dumps in $OUT"
+echo "ward: $("$WARD" --version 2>/dev/null || echo "$WARD"), $REQUESTS requests, paths $PATHS, dumps in $OUT"
+echo "proxy B's decisions (warm-up included):"
+echo "${decisions:-  (none read from http://$ADMIN/metrics)}" | sed 's/^/  /'
 printf '%-34s %16s %14s\n' "thread (dump file)" "instructions" "per request"
 for f in "$OUT"/callgrind.*.1-*; do
     total="$(sed -n 's/^totals: \([0-9]*\).*/\1/p' "$f" | head -n 1)"
