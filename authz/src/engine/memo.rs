@@ -115,7 +115,8 @@ impl ContextReads {
     }
 }
 
-/// `attr` when `op: inner` is `context.attr` or `context has attr`.
+/// `attr` when `op: inner` is `context.attr` or `context has attr` (or `context has
+/// attr.more…`, whose `attr` is the path as an array).
 fn context_attr<'v>(op: &str, inner: &'v Value) -> Option<&'v str> {
     if op != "." && op != "has" {
         return None;
@@ -125,7 +126,11 @@ fn context_attr<'v>(op: &str, inner: &'v Value) -> Option<&'v str> {
     if left.len() != 1 || left.get("Var").and_then(Value::as_str) != Some("context") {
         return None;
     }
-    inner.get("attr")?.as_str()
+    match inner.get("attr")? {
+        Value::String(attr) => Some(attr),
+        Value::Array(path) if op == "has" => path.first()?.as_str(),
+        _ => None,
+    }
 }
 
 // === impl Snapshot ===

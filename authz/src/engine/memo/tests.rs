@@ -70,6 +70,15 @@ fn reads_are_the_context_attributes_policies_name() {
             ..ContextReads::default()
         }
     );
+    // `context has headers.foo` names the path `["headers", "foo"]`; its first step is read.
+    let nested = reads("permit (principal, action, resource) when { context has headers.foo };");
+    assert_eq!(
+        nested,
+        Some(ContextReads {
+            headers: true,
+            ..ContextReads::default()
+        })
+    );
     let none = reads("permit (principal, action, resource) when { principal has x };").unwrap();
     assert_eq!(none, ContextReads::default());
     let time = reads("forbid (principal, action, resource) unless { context.time < 5 };").unwrap();
