@@ -53,7 +53,7 @@ pub struct Snapshot {
     /// The context attributes policies read; `None` turns remembering decisions off.
     context_reads: Option<memo::ContextReads>,
     /// Outcomes of earlier requests, by what they depend on (`engine/memo.rs`).
-    decided: crate::cache::Cache<memo::MemoKey, Outcome>,
+    decided: crate::cache::Cache<memo::MemoKey, Arc<Outcome>>,
 }
 
 /// The answer to a request. A deny is a value, not an error.
@@ -175,7 +175,7 @@ impl Snapshot {
             reads_source_ip: true,
             conforming: crate::cache::Cache::new(),
             context_reads: None,
-            decided: crate::cache::Cache::new(),
+            decided: crate::cache::Cache::with_capacity(memo::CAPACITY),
         };
         snapshot.context_reads = memo::ContextReads::of(snapshot.policies.policies());
         snapshot.reads_source_ip = snapshot
@@ -249,12 +249,12 @@ impl Snapshot {
         if let Some(outcome) = key.as_ref().and_then(|k| self.decided.get(k)) {
             return Decision {
                 remembered: true,
-                ..self.decision(outcome, start)
+                ..self.decision(Outcome::clone(&outcome), start)
             };
         }
         let outcome = self.evaluate(request);
         if let Some(key) = key {
-            self.decided.insert(key, outcome.clone());
+            self.decided.insert(key, Arc::new(outcome.clone()));
         }
         self.decision(outcome, start)
     }

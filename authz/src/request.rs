@@ -52,7 +52,7 @@ pub struct EntityRef {
 }
 
 /// What is being called.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resource {
     /// A mesh service by name (`Ward::Service`).
     Service(String),

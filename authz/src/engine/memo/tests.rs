@@ -237,9 +237,10 @@ fn remembered_decisions_equal_evaluated_ones() {
         denies += usize::from(!answer.allow && !answer.reasons.is_empty());
     }
     // Time, request ids, methods, hosts and source addresses vary but no demo policy reads
-    // them, so more than half the requests share a remembered outcome (with the paths, users
-    // and headers they do read); both outcomes must be covered.
-    assert!(remembered > 2000, "remembered {remembered}");
+    // them, so many requests share a remembered outcome (with the paths, users and headers
+    // they do read; there are more such combinations than the memory holds, so it also starts
+    // over now and then); both outcomes must be covered.
+    assert!(remembered > 1200, "remembered {remembered}");
     assert!(allows > 200, "allows {allows}");
     assert!(denies > 300, "denies {denies}");
 }
