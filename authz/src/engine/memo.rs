@@ -9,9 +9,10 @@
 
 use std::net::IpAddr;
 
+use serde_json::Value;
+
 use super::Snapshot;
 use crate::request::{EndUser, Principal, Request, Resource};
-use serde_json::Value;
 
 /// How many outcomes a snapshot remembers before it starts over: at 4,096 a proxy fed only
 /// new paths held about 5 MB more resident memory than without remembering (PERFORMANCE.md).
@@ -29,13 +30,18 @@ pub(crate) struct ContextReads {
 }
 
 /// Everything a remembered decision depends on, written out as bytes: a tag and a length
-/// before each part, so two different requests never write the same key. One allocation, and
-/// small in the cache (a wide struct per entry took about a kilobyte of table).
+/// before each part, so two different requests never write the same key. One allocation per
+/// key, and two words per entry in the cache's table.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct MemoKey(Box<[u8]>);
 
 /// Writes a [`MemoKey`].
-struct KeyWriter(Vec<u8>);
+struct KeyWriter {
+    bytes: Vec<u8>,
+    /// False once a part was too long for its length to be written: such a request is not
+    /// remembered.
+    whole: bool,
+}
 
 // === impl ContextReads ===
 
@@ -121,12 +127,14 @@ fn context_attr<'v>(op: &str, inner: &'v Value) -> Option<&'v str> {
 
 impl KeyWriter {
     fn part(&mut self, tag: u8, bytes: &[u8]) -> &mut Self {
-        self.0.push(tag);
-        // Parts are request fields far below 4 GiB; a longer one could not be told apart
-        // from its neighbours, so it saturates into a value no real length takes.
-        let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
-        self.0.extend_from_slice(&len.to_le_bytes());
-        self.0.extend_from_slice(bytes);
+        match u32::try_from(bytes.len()) {
+            Ok(len) => {
+                self.bytes.push(tag);
+                self.bytes.extend_from_slice(&len.to_le_bytes());
+                self.bytes.extend_from_slice(bytes);
+            }
+            Err(_) => self.whole = false,
+        }
         self
     }
 
@@ -147,7 +155,10 @@ impl Snapshot {
             return None;
         }
         let c = &req.context;
-        let mut key = KeyWriter(Vec::with_capacity(160));
+        let mut key = KeyWriter {
+            bytes: Vec::with_capacity(160),
+            whole: true,
+        };
         match &req.principal {
             Principal::Workload(id) => key.part(b'w', id.as_str().as_bytes()),
             Principal::Entity(r) => key
@@ -191,7 +202,7 @@ impl Snapshot {
                 key.part(b'6', &ip.octets());
             }
         }
-        Some(MemoKey(key.0.into_boxed_slice()))
+        key.whole.then(|| MemoKey(key.bytes.into_boxed_slice()))
     }
 }
 
