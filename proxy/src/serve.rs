@@ -82,7 +82,9 @@ where
     let handler = Arc::new(handler);
     let service = hyper::service::service_fn(move |req| {
         let handler = handler.clone();
-        async move { Ok::<_, Infallible>(handler(req).await) }
+        // Boxed: hyper and tokio move a request's future several times (into the stream's
+        // task and between its stages), copying it whole each time; a box moves as a pointer.
+        Box::pin(async move { Ok::<_, Infallible>(handler(req).await) })
     });
     let builder = auto::Builder::new(TokioExecutor::new());
     let conn = builder
