@@ -45,12 +45,10 @@ pub struct Snapshot {
     warnings: Vec<Problem>,
     /// How a request's small entity store is built; `None`: use the full store.
     pub(crate) scope: Option<scope::EntityScope>,
-    /// Whether any policy mentions `source_ip`; when none does, requests leave the optional
-    /// attribute out (building an `ipaddr` value is a good part of a request's cost).
-    pub(crate) reads_source_ip: bool,
     /// Whether requests of a shape conform to the schema (see `Snapshot::request`).
     pub(crate) conforming: crate::cache::Cache<prepare::ShapeKey, Result<(), String>>,
-    /// The context attributes policies read; `None` turns remembering decisions off.
+    /// The context attributes policies read; `None` (not known) turns remembering decisions
+    /// off and keeps every optional attribute in the context.
     context_reads: Option<memo::ContextReads>,
     /// Outcomes of earlier requests, by what they depend on (`engine/memo.rs`).
     decided: crate::cache::Cache<memo::MemoKey, Arc<Outcome>>,
@@ -160,6 +158,7 @@ impl Snapshot {
         let model = Model::new()?;
         let loaded = repo::load(dir, &model)?;
         let index = PolicyIndex::build(&loaded.policies, &loaded.schema)?;
+        let context_reads = memo::ContextReads::of(loaded.policies.policies());
         let mut snapshot = Self {
             model,
             index,
@@ -172,16 +171,10 @@ impl Snapshot {
             sources: loaded.sources.into_iter().collect(),
             warnings: loaded.warnings,
             scope: None,
-            reads_source_ip: true,
             conforming: crate::cache::Cache::new(),
-            context_reads: None,
+            context_reads,
             decided: crate::cache::Cache::with_capacity(memo::CAPACITY),
         };
-        snapshot.context_reads = memo::ContextReads::of(snapshot.policies.policies());
-        snapshot.reads_source_ip = snapshot
-            .policies
-            .policies()
-            .any(|p| p.to_string().contains("source_ip"));
         snapshot.scope = scope::EntityScope::build(
             &snapshot.policies,
             &snapshot.entities,

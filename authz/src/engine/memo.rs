@@ -27,6 +27,7 @@ pub(crate) struct ContextReads {
     mtls: bool,
     time: bool,
     headers: bool,
+    source_ip: bool,
 }
 
 /// Everything a remembered decision depends on, written out as bytes: a tag and a length
@@ -97,8 +98,9 @@ impl ContextReads {
             "mtls" => self.mtls = true,
             "time" => self.time = true,
             "headers" => self.headers = true,
-            // Always in the key: the context carries them only when present or read.
-            "source_ip" | "user" => {}
+            "source_ip" => self.source_ip = true,
+            // Always in the key: the context carries it only when present.
+            "user" => {}
             _ => return None,
         }
         Some(())
@@ -146,6 +148,13 @@ impl KeyWriter {
 // === impl Snapshot ===
 
 impl Snapshot {
+    /// Whether a policy may read `context.source_ip` (yes when the policies' reads are not
+    /// known); when none does, requests leave the optional attribute out (building an
+    /// `ipaddr` value is a good part of a request's cost).
+    pub(crate) fn reads_source_ip(&self) -> bool {
+        self.context_reads.is_none_or(|r| r.source_ip)
+    }
+
     /// The key `req`'s decision is remembered under, or `None` when it is not remembered: the
     /// policies read the context in a way not accounted for, or the request brings entities of
     /// its own (extra entities, or an end user's claims).
@@ -192,8 +201,8 @@ impl Snapshot {
             key.part(b'h', name.as_bytes())
                 .part_if(reads.headers, b'v', value.as_bytes());
         }
-        // Only when a policy mentions `source_ip` (otherwise the context leaves it out).
-        match c.source_ip.filter(|_| self.reads_source_ip) {
+        // Only when a policy reads `source_ip` (otherwise the context leaves it out).
+        match c.source_ip.filter(|_| reads.source_ip) {
             None => {}
             Some(IpAddr::V4(ip)) => {
                 key.part(b'4', &ip.octets());

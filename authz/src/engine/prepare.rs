@@ -287,7 +287,7 @@ impl Snapshot {
             .collect();
         let shape = Shape {
             headers: headers.iter().map(|(k, _)| k.clone()).collect(),
-            source_ip: c.source_ip.is_some() && self.reads_source_ip,
+            source_ip: c.source_ip.is_some() && self.reads_source_ip(),
         };
         let headers = headers
             .into_iter()
@@ -314,7 +314,7 @@ impl Snapshot {
             ("time".to_owned(), RestrictedExpression::new_long(c.time)),
             ("headers".to_owned(), headers),
         ];
-        if let Some(ip) = c.source_ip.filter(|_| self.reads_source_ip) {
+        if let Some(ip) = c.source_ip.filter(|_| self.reads_source_ip()) {
             pairs.push((
                 "source_ip".to_owned(),
                 RestrictedExpression::new_ip(ip.to_string()),

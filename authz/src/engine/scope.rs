@@ -350,7 +350,7 @@ when { principal in Ward::Group::"staff" && resource.tenant == "shared" };
             entities: Vec::new(),
         };
         let demo = Snapshot::load(&crate::test_util::demo_dir()).unwrap();
-        assert!(!demo.reads_source_ip);
+        assert!(!demo.reads_source_ip());
         assert!(demo.authorize(&request(Some([10, 1, 2, 3]))).allow);
 
         let dir = demo_copy();
@@ -361,7 +361,7 @@ when { principal in Ward::Group::"staff" && resource.tenant == "shared" };
         )
         .unwrap();
         let s = Snapshot::load(dir.path()).unwrap();
-        assert!(s.reads_source_ip);
+        assert!(s.reads_source_ip());
         let d = s.authorize(&request(Some([10, 1, 2, 3])));
         assert_eq!((d.allow, d.reasons), (false, vec!["no-10-net".to_owned()]));
         assert!(s.authorize(&request(Some([192, 168, 0, 1]))).allow);
