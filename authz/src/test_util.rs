@@ -21,6 +21,15 @@ pub(crate) fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// The snapshot of the repository at `dir`; a test fails with every problem when it does not
+/// load.
+pub(crate) fn load(dir: &Path) -> crate::Snapshot {
+    match crate::Snapshot::load(dir) {
+        Ok(s) => s,
+        Err(e) => panic!("{e}: {:#?}", e.problems()),
+    }
+}
+
 /// A temporary copy of the demo repository, without its `tests/` (edits would break them).
 pub(crate) fn demo_copy() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();

@@ -6,7 +6,7 @@ use ward_identity::SpiffeId;
 
 use crate::Snapshot;
 use crate::request::{EndUser, Principal, Request, RequestContext, Resource, UserClaims};
-use crate::test_util::Rng;
+use crate::test_util::{Rng, load};
 
 const WORKLOADS: [&str; 6] = [
     "spiffe://ward.local/ns/mobile/sa/mobile-gateway",
@@ -260,10 +260,7 @@ fn generated_repo(seed: u64, n: usize) -> (tempfile::TempDir, Rng) {
 #[test]
 fn sliced_and_unsliced_evaluation_agree() {
     let (dir, mut rng) = generated_repo(0x5EED_CAFE_F00D_0001, 300);
-    let snapshot = match Snapshot::load(dir.path()) {
-        Ok(s) => s,
-        Err(e) => panic!("{e}: {:#?}", e.problems()),
-    };
+    let snapshot = load(dir.path());
     assert!(
         snapshot.unsliced_policy_count() < snapshot.policy_count() / 2,
         "most generated policies should be sliced: {} of {}",

@@ -10,18 +10,11 @@ use ward_identity::SpiffeId;
 use super::ContextReads;
 use crate::Snapshot;
 use crate::request::{EndUser, Principal, Request, RequestContext, Resource, UserClaims};
-use crate::test_util::{Rng, demo_copy, demo_dir};
+use crate::test_util::{Rng, demo_copy, demo_dir, load};
 
 fn reads(policy: &str) -> Option<ContextReads> {
     let policy = Policy::from_str(policy).unwrap();
     ContextReads::of([&policy])
-}
-
-fn load(dir: &std::path::Path) -> Snapshot {
-    match Snapshot::load(dir) {
-        Ok(s) => s,
-        Err(e) => panic!("{e}: {:#?}", e.problems()),
-    }
 }
 
 /// The demo repository with one more policy file.
