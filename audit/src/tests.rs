@@ -184,6 +184,18 @@ async fn write_and_verify(store: Store, dir: &tempfile::TempDir) {
 async fn sqlite_round_trip_and_verify() {
     let dir = tempfile::tempdir().unwrap();
     let (store, _) = sqlite(&dir).await;
+    let pool = store.db().unwrap().pool_for_tests();
+    // Set before the database's first page was written, or they would not have taken.
+    let page_size: i64 = sqlx::query_scalar("PRAGMA page_size")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(page_size, 16_384);
+    let journal: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(journal, "wal");
     write_and_verify(store, &dir).await;
 }
 
@@ -197,7 +209,8 @@ async fn postgres_round_trip_and_verify() {
 /// A batch replayed after an ambiguous failure, partly or wholly stored already, lands once.
 async fn replayed_batches_land_once(store: Store) {
     let mut chain = crate::chain::Chain::resume("node-a", None);
-    // Two full statements and a short tail on SQLite, three statements on PostgreSQL.
+    // Statements of 64, 32, 16 and 8 rows, then of 128, 64, 32, 16, 8 and 2 on SQLite; three
+    // statements on PostgreSQL.
     let batch: Vec<_> = (0..250)
         .map(|i| {
             let mut r = record(i);

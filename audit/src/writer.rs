@@ -108,7 +108,7 @@ impl Config {
         Self {
             node: node.to_owned(),
             queue_capacity: 65_536,
-            batch_size: 250,
+            batch_size: 256,
             flush_interval: Duration::from_millis(100),
             checkpoint_every: 10_000,
             checkpoint_interval: Duration::from_secs(60),
