@@ -475,7 +475,17 @@ fn migrator(kind: DbKind) -> Migrator {
 
 /// `,a,b,` so that `LIKE '%,a,%'` finds a policy id exactly.
 fn policies_column(policies: &[String]) -> String {
-    format!(",{},", policies.join(","))
+    let mut column = String::with_capacity(1 + policies.iter().map(|p| p.len() + 1).sum::<usize>());
+    column.push(',');
+    for policy in policies {
+        column.push_str(policy);
+        column.push(',');
+    }
+    // No policies: `,,` as before, which `LIKE '%,id,%'` never matches.
+    if policies.is_empty() {
+        column.push(',');
+    }
+    column
 }
 
 /// The INSERT that stores `cp` (once: a repeat is ignored), to run on a pool or in a
@@ -554,5 +564,21 @@ pub fn redact(url: &str) -> String {
             format!("{}://{user}:***@{}", &url[..scheme_end], &url[at + 1..])
         }
         _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_policies_column_brackets_every_id_with_commas() {
+        let ids = |ids: &[&str]| ids.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(policies_column(&[]), ",,");
+        assert_eq!(policies_column(&ids(&["a"])), ",a,");
+        assert_eq!(
+            policies_column(&ids(&["allow-a", "deny-b"])),
+            ",allow-a,deny-b,"
+        );
     }
 }
