@@ -85,11 +85,12 @@ impl Store {
     }
 
     /// Like [`Store::insert`], with the records already parsed (`parsed[i]` is the body of
-    /// `records[i]`), which saves the database path a JSON parse per record.
+    /// `records[i]`), which saves the database path a JSON parse per record and lets it move
+    /// their strings into the statement instead of copying them.
     pub(crate) async fn insert_with(
         &self,
         records: &[ChainedRecord],
-        parsed: Option<&[AuditRecord]>,
+        parsed: Option<Vec<AuditRecord>>,
     ) -> Result<(), Error> {
         match self {
             Self::Db(db) => {
@@ -225,44 +226,38 @@ impl Db {
     async fn insert(
         &self,
         records: &[ChainedRecord],
-        parsed: Option<&[AuditRecord]>,
+        parsed: Option<Vec<AuditRecord>>,
     ) -> Result<(), Error> {
-        let owned;
         let parsed = match parsed {
             Some(p) => p,
-            None => {
-                owned = records
-                    .iter()
-                    .map(ChainedRecord::record)
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| Error::Corrupt(e.to_string()))?;
-                &owned
-            }
+            None => records
+                .iter()
+                .map(ChainedRecord::record)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| Error::Corrupt(e.to_string()))?,
         };
         if let Some(writes) = &self.sqlite_writes {
             return sqlite::insert(writes, records, parsed).await;
         }
         let mut tx = self.pool.begin().await?;
-        for (chunk, recs) in records
-            .chunks(ROWS_PER_INSERT)
-            .zip(parsed.chunks(ROWS_PER_INSERT))
-        {
+        let mut parsed = parsed.into_iter();
+        for chunk in records.chunks(ROWS_PER_INSERT) {
             let mut query = sqlx::query(AssertSqlSafe(insert_sql(chunk.len())));
-            for (r, rec) in chunk.iter().zip(recs) {
+            for (r, rec) in chunk.iter().zip(parsed.by_ref()) {
                 let row = Columns::new(r, rec);
                 query = query
                     .bind(row.chain.to_owned())
                     .bind(row.seq)
-                    .bind(row.id.to_owned())
+                    .bind(row.id)
                     .bind(row.time_ms)
-                    .bind(row.request_id.to_owned())
-                    .bind(row.principal.to_owned())
-                    .bind(row.end_user.map(str::to_owned))
-                    .bind(row.action.to_owned())
-                    .bind(row.resource.to_owned())
+                    .bind(row.request_id)
+                    .bind(row.principal)
+                    .bind(row.end_user)
+                    .bind(row.action)
+                    .bind(row.resource)
                     .bind(row.decision)
                     .bind(row.bypass)
-                    .bind(row.grant_id.map(str::to_owned))
+                    .bind(row.grant_id)
                     .bind(row.mode)
                     .bind(row.policies)
                     .bind(row.body.to_owned())
@@ -411,20 +406,22 @@ fn insert_sql(rows: usize) -> String {
     }
 }
 
-/// The columns of one row, as bound.
+/// The columns of one row, as bound: the chain's strings borrowed (a batch that fails is
+/// spooled from them), the parsed record's moved into the statement (binding a borrowed
+/// string makes sqlx copy it).
 struct Columns<'a> {
     chain: &'a str,
     seq: i64,
-    id: &'a str,
+    id: String,
     time_ms: i64,
-    request_id: &'a str,
-    principal: &'a str,
-    end_user: Option<&'a str>,
-    action: &'a str,
-    resource: &'a str,
+    request_id: String,
+    principal: String,
+    end_user: Option<String>,
+    action: String,
+    resource: String,
     decision: &'static str,
     bypass: i64,
-    grant_id: Option<&'a str>,
+    grant_id: Option<String>,
     mode: &'static str,
     policies: String,
     body: &'a str,
@@ -435,22 +432,22 @@ struct Columns<'a> {
 // === impl Columns ===
 
 impl<'a> Columns<'a> {
-    fn new(r: &'a ChainedRecord, rec: &'a AuditRecord) -> Self {
+    fn new(r: &'a ChainedRecord, rec: AuditRecord) -> Self {
         Self {
             chain: &r.chain,
             seq: r.seq,
-            id: &rec.id,
+            policies: policies_column(&rec.policies),
+            id: rec.id,
             time_ms: rec.time_ms,
-            request_id: &rec.request_id,
-            principal: &rec.principal,
-            end_user: rec.end_user.as_deref(),
-            action: &rec.action,
-            resource: &rec.resource,
+            request_id: rec.request_id,
+            principal: rec.principal,
+            end_user: rec.end_user,
+            action: rec.action,
+            resource: rec.resource,
             decision: rec.decision.as_str(),
             bypass: i64::from(rec.bypass),
-            grant_id: rec.grant_id.as_deref(),
+            grant_id: rec.grant_id,
             mode: rec.mode.as_str(),
-            policies: policies_column(&rec.policies),
             body: &r.body,
             prev_hash: &r.prev_hash,
             hash: &r.hash,

@@ -355,7 +355,7 @@ impl Writer {
                     Err(e) => tracing::error!(error = %e, "reading the audit overflow file"),
                 }
             }
-            self.commit(&batch, acks).await;
+            self.commit(batch, acks).await;
             self.pending.fetch_sub(from_queue, Ordering::AcqRel);
             let force = closed || !flushes.is_empty();
             if !self.spool.is_empty()
@@ -392,12 +392,12 @@ impl Writer {
         false
     }
 
-    async fn commit(&mut self, batch: &[AuditRecord], acks: Vec<Ack>) {
+    async fn commit(&mut self, batch: Vec<AuditRecord>, acks: Vec<Ack>) {
         if batch.is_empty() {
             return;
         }
         let mut chained = Vec::with_capacity(batch.len());
-        for record in batch {
+        for record in &batch {
             match self.chain.append(record) {
                 Ok(c) => chained.push(c),
                 Err(e) => {
@@ -417,7 +417,7 @@ impl Writer {
     async fn store_or_spool(
         &mut self,
         chained: &[ChainedRecord],
-        parsed: Option<&[AuditRecord]>,
+        parsed: Option<Vec<AuditRecord>>,
     ) -> Result<(), String> {
         // Once anything is spooled, later records queue up behind it to keep the chain in order.
         if self.spool.is_empty() {

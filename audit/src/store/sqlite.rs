@@ -65,12 +65,13 @@ pub(super) fn write_pool(url: &str) -> Result<SqlitePool, Error> {
 pub(super) async fn insert(
     pool: &SqlitePool,
     records: &[ChainedRecord],
-    parsed: &[AuditRecord],
+    parsed: Vec<AuditRecord>,
 ) -> Result<(), Error> {
-    let mut chunks = chunk_sizes(records.len()).scan(0, |start, len| {
-        let range = *start..*start + len;
+    let mut parsed = parsed.into_iter();
+    let mut chunks = chunk_sizes(records.len()).scan(0, move |start, len| {
+        let chunk = &records[*start..*start + len];
         *start += len;
-        Some((&records[range.clone()], &parsed[range]))
+        Some((chunk, parsed.by_ref().take(len).collect::<Vec<_>>()))
     });
     let mut tx = pool.begin().await?;
     let mut next = chunks.next().map(|(chunk, recs)| bound(chunk, recs));
@@ -90,10 +91,7 @@ pub(super) async fn insert(
 }
 
 /// The INSERT for one chunk, its rows bound.
-fn bound<'q>(
-    chunk: &'q [ChainedRecord],
-    recs: &'q [AuditRecord],
-) -> Query<'q, Sqlite, SqliteArguments> {
+fn bound(chunk: &[ChainedRecord], recs: Vec<AuditRecord>) -> Query<'_, Sqlite, SqliteArguments> {
     // Every chunk size is one of `chunk_sizes`' eight, so each statement is prepared once.
     let mut query = sqlx::query(AssertSqlSafe(insert_sql(chunk.len())));
     for (r, rec) in chunk.iter().zip(recs) {
