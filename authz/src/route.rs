@@ -16,17 +16,19 @@
 //! cover a subtree also covers its root). `method` is an HTTP method or `*` for any. The first route that matches wins; a
 //! request that matches no route is authorized as its HTTP method's action (`Action::"GET"` …).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+use crate::FastMap;
 use crate::error::Location;
 use crate::path::NormalizedPath;
 
 /// All services' routes.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct RouteTable {
-    services: HashMap<String, Vec<Route>>,
+    // Looked up on every request: foldhash, not SipHash (keys come from the route files).
+    services: FastMap<String, Vec<Route>>,
 }
 
 /// One route of one service.

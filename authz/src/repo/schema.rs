@@ -1,12 +1,11 @@
 //! The schema file: parsing, Ward's model contract, and the context shape per action.
 
-use std::collections::HashMap;
-
 use cedar_policy::{Context, Schema, SchemaFragment};
 use miette::Diagnostic;
 use serde_json::{Value, json};
 
 use super::{SourceFile, diagnostic_problem, find_from};
+use crate::FastMap;
 use crate::error::{Location, Problem};
 use crate::model::{Model, NAMESPACE};
 
@@ -14,7 +13,8 @@ use crate::model::{Model, NAMESPACE};
 #[derive(Debug, Clone, Default)]
 pub(crate) struct ContextShape {
     /// The header names each action's `context.headers` record declares (lower case).
-    headers: HashMap<String, Vec<String>>,
+    // Looked up on every request: foldhash, not SipHash (keys come from the schema).
+    headers: FastMap<String, Vec<String>>,
     /// Every name in `headers`, once, sorted.
     all_headers: Vec<String>,
 }
