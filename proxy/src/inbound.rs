@@ -40,8 +40,10 @@ struct Inbound {
     inputs: Arc<ProxyInputs>,
     acceptor: TlsAcceptor,
     app: AppClient,
-    // The audit records' resource, formatted once instead of per request.
+    // The audit records' resource and the app's `http://ADDR`, formatted once instead of per
+    // request.
     audit_resource: String,
+    app_origin: String,
 }
 
 /// What phase 2 decided, for the forward, the metrics and the access log.
@@ -70,6 +72,7 @@ pub(crate) async fn serve(inputs: Arc<ProxyInputs>, listener: TcpListener) {
         acceptor,
         app,
         audit_resource: format!("Service::\"{}\"", inputs.cfg.service),
+        app_origin: format!("http://{}", inputs.cfg.app),
     });
     accept_loop(
         inputs,
@@ -265,14 +268,19 @@ impl Inbound {
             }
         };
         let decision = snapshot.authorize(&request);
-        self.metric_decision(if decision.allow { "allow" } else { "deny" });
+        self.inputs.metrics.decision(decision.allow);
         if decision.remembered {
             self.inputs.metrics.authz_remembered.inc();
         }
         let action = request.action.clone();
         self.submit(|| {
             let mut r = self.record(ctx, &peer);
-            r.action = format!("Action::\"{}\"", request.action);
+            // `Action::"name"`, without format!'s machinery on the request path.
+            let mut action = String::with_capacity(request.action.len() + 10);
+            action.push_str("Action::\"");
+            action.push_str(&request.action);
+            action.push('"');
+            r.action = action;
             r.path = Some(path.path().to_owned());
             r.decision = if decision.allow {
                 ward_audit::Decision::Allow
@@ -301,10 +309,16 @@ impl Inbound {
         decided: Decided,
         mut req: Request<Incoming>,
     ) -> Result<Response<BoxBody>, RequestError> {
-        let target = match decided.path.query() {
-            Some(q) => format!("http://{}{}?{q}", self.inputs.cfg.app, decided.path.path()),
-            None => format!("http://{}{}", self.inputs.cfg.app, decided.path.path()),
-        };
+        let (path, query) = (decided.path.path(), decided.path.query());
+        let mut target = String::with_capacity(
+            self.app_origin.len() + path.len() + query.map_or(0, |q| q.len() + 1),
+        );
+        target.push_str(&self.app_origin);
+        target.push_str(path);
+        if let Some(q) = query {
+            target.push('?');
+            target.push_str(q);
+        }
         *req.uri_mut() =
             Uri::try_from(target).map_err(|e| RequestError::Bug(format!("app URI: {e}")))?;
         // The app speaks HTTP/1.1 whatever the peer spoke.

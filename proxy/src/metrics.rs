@@ -102,6 +102,10 @@ pub struct Metrics {
     pub duration: HistogramFamily<DurationLabels>,
     /// Inbound authorization decisions.
     pub authz: Family<ResultLabels, Counter>,
+    /// `authz`'s `allow` and `deny` series, looked up once: finding a series in a family
+    /// hashes its labels with SipHash on every request.
+    authz_allow: Counter,
+    authz_deny: Counter,
     /// Inbound decisions answered from a remembered earlier request (also in `authz`).
     pub authz_remembered: Counter,
     /// Failed TLS handshakes.
@@ -144,6 +148,9 @@ impl Metrics {
     /// Creates and registers every metric under the `ward_proxy_` prefix.
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("ward_proxy");
+        let authz = Family::<ResultLabels, Counter>::default();
+        let series = |result| authz.get_or_create(&ResultLabels { result }).clone();
+        let (authz_allow, authz_deny) = (series("allow"), series("deny"));
         let m = Self {
             registry: Registry::default(),
             audit: OnceLock::new(),
@@ -151,7 +158,9 @@ impl Metrics {
             duration: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.0005, 2.0, 16))
             }),
-            authz: Family::default(),
+            authz,
+            authz_allow,
+            authz_deny,
             authz_remembered: Counter::default(),
             handshake_failures: Family::default(),
             retries: Family::default(),
@@ -281,6 +290,15 @@ impl Metrics {
                 code_class,
             })
             .inc();
+    }
+
+    /// Counts an inbound authorization decision.
+    pub fn decision(&self, allow: bool) {
+        if allow {
+            self.authz_allow.inc();
+        } else {
+            self.authz_deny.inc();
+        }
     }
 
     /// Counts a connection opening (`inbound`, `outbound`, `admin` or `upstream`); the guard
