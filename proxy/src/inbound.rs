@@ -12,17 +12,15 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use http::{HeaderMap, Request, Response, Uri, Version};
+use http::{HeaderMap, Request, Response, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use ward_audit::AuditRecord;
 use ward_authz::{HttpRequest, NormalizedPath, Principal, RequestContext};
 
+use crate::app::{self, AppClient};
 use crate::ctx::{ConnCtx, ListenerKind, ReqCtx};
 use crate::headers;
 use crate::identity::Lapse;
@@ -32,18 +30,13 @@ use crate::respond::{RequestError, error_response};
 use crate::serve::{Drain, accept_loop, serve_http};
 use crate::{BoxBody, BoxError, tls, trace};
 
-/// The connection pool to the local app.
-type AppClient = Client<HttpConnector, Incoming>;
-
 /// Shared by every inbound connection.
 struct Inbound {
     inputs: Arc<ProxyInputs>,
     acceptor: TlsAcceptor,
-    app: AppClient,
-    // The audit records' resource and the app's `http://ADDR`, formatted once instead of per
-    // request.
+    app: Arc<AppClient<Incoming>>,
+    // The audit records' resource, formatted once instead of per request.
     audit_resource: String,
-    app_origin: String,
 }
 
 /// What phase 2 decided, for the forward, the metrics and the access log.
@@ -63,16 +56,13 @@ pub(crate) async fn serve(inputs: Arc<ProxyInputs>, listener: TcpListener) {
             return;
         }
     };
-    let app: AppClient = Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .build_http();
+    let app = AppClient::new(inputs.cfg.app);
     let local = listener.local_addr().ok();
     let inbound = Arc::new(Inbound {
         inputs: inputs.clone(),
         acceptor,
         app,
         audit_resource: format!("Service::\"{}\"", inputs.cfg.service),
-        app_origin: format!("http://{}", inputs.cfg.app),
     });
     accept_loop(
         inputs,
@@ -309,18 +299,8 @@ impl Inbound {
         decided: Decided,
         mut req: Request<Incoming>,
     ) -> Result<Response<BoxBody>, RequestError> {
-        let (path, query) = (decided.path.path(), decided.path.query());
-        let mut target = String::with_capacity(
-            self.app_origin.len() + path.len() + query.map_or(0, |q| q.len() + 1),
-        );
-        target.push_str(&self.app_origin);
-        target.push_str(path);
-        if let Some(q) = query {
-            target.push('?');
-            target.push_str(q);
-        }
-        *req.uri_mut() =
-            Uri::try_from(target).map_err(|e| RequestError::Bug(format!("app URI: {e}")))?;
+        *req.uri_mut() = app::origin_form(decided.path.path(), decided.path.query())
+            .map_err(|e| RequestError::Bug(format!("app URI: {e}")))?;
         // The app speaks HTTP/1.1 whatever the peer spoke.
         *req.version_mut() = Version::HTTP_11;
         let peer = ctx.conn.peer_id.as_ref().map(|id| id.as_str());
