@@ -21,44 +21,14 @@ die() { echo "bench/callgrind.sh: $*" >&2; exit 1; }
 for cmd in valgrind callgrind_control h2load nginx curl; do
     command -v "$cmd" >/dev/null || die "$cmd is missing (bench/proxy.sh installs all but valgrind)"
 done
-[[ -x "$WARD" ]] || die "no ward binary at $WARD"
 [[ "$REQUESTS" =~ ^[1-9][0-9]*$ ]] || die "REQUESTS must be a positive whole number"
 [[ "$PATHS" == same || "$PATHS" == distinct ]] || die "PATHS must be same or distinct"
 [[ "$PATHS" == same ]] || ((REQUESTS % 10 == 0)) || die "PATHS=distinct needs REQUESTS in tens"
-for f in nginx/nginx.conf ward-a/proxy.yaml ward-b/proxy.yaml; do
-    [[ -f "$WORK/$f" ]] || die "$WORK/$f is missing: run bench/proxy.sh --keep --configs ward first"
-done
-# A's outbound listener, from the kept config: `outbound: "127.0.0.1:PORT"`.
-URL="http://$(sed -n 's/.*outbound: "\([0-9.:]*\)".*/\1/p' "$WORK/ward-a/proxy.yaml")/"
-[[ "$URL" != "http:///" ]] || die "no outbound address in $WORK/ward-a/proxy.yaml"
-
-PIDS=()
-cleanup() {
-    if ((${#PIDS[@]} > 0)); then kill "${PIDS[@]}" 2>/dev/null || true; fi
-    wait 2>/dev/null || true
-}
-trap cleanup EXIT
-
-mkdir -p "$OUT"
-rm -rf "$WORK"/ward-a/audit.db* "$WORK"/ward-b/audit.db* "$WORK"/ward-a/spool "$WORK"/ward-b/spool
-nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" >"$OUT/nginx.log" 2>&1 &
-PIDS+=("$!")
-TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind --separate-threads=yes --instr-atstart=no \
-    --callgrind-out-file="$OUT/callgrind.%p" \
-    "$WARD" --log-level warn proxy --config "$WORK/ward-b/proxy.yaml" >"$OUT/proxy-b.log" 2>&1 &
-B=$!
-PIDS+=("$B")
-TOKIO_WORKER_THREADS=1 "$WARD" --log-level warn proxy --config "$WORK/ward-a/proxy.yaml" \
-    >"$OUT/proxy-a.log" 2>&1 &
-PIDS+=("$!")
-
-code=""
-for _ in $(seq 120); do
-    code="$(curl -s -o /dev/null -w '%{http_code}' -H 'Host: checkout-api' "$URL" || true)"
-    [[ "$code" == "200" ]] && break
-    sleep 0.5
-done
-[[ "$code" == "200" ]] || die "no 200 through the proxies (logs in $OUT)"
+# shellcheck source=bench/kept.sh
+source "$ROOT/bench/kept.sh"
+kept_check
+kept_start valgrind --tool=callgrind --separate-threads=yes --instr-atstart=no \
+    --callgrind-out-file="$OUT/callgrind.%p"
 
 load() {
     if [[ "$PATHS" == same ]]; then

@@ -19,41 +19,12 @@ die() { echo "bench/threads.sh: $*" >&2; exit 1; }
 for cmd in h2load nginx curl; do
     command -v "$cmd" >/dev/null || die "$cmd is missing (bench/proxy.sh installs it)"
 done
-[[ -x "$WARD" ]] || die "no ward binary at $WARD"
 [[ "$RATE" == max || "$RATE" =~ ^[1-9][0-9]*0$ ]] || die "RATE must be max or a multiple of 10"
 [[ "$SECONDS_" =~ ^[1-9][0-9]*$ ]] || die "SECONDS must be a positive whole number"
-for f in nginx/nginx.conf ward-a/proxy.yaml ward-b/proxy.yaml; do
-    [[ -f "$WORK/$f" ]] || die "$WORK/$f is missing: run bench/proxy.sh --keep --configs ward first"
-done
-URL="http://$(sed -n 's/.*outbound: "\([0-9.:]*\)".*/\1/p' "$WORK/ward-a/proxy.yaml")/"
-[[ "$URL" != "http:///" ]] || die "no outbound address in $WORK/ward-a/proxy.yaml"
-
-PIDS=()
-cleanup() {
-    if ((${#PIDS[@]} > 0)); then kill "${PIDS[@]}" 2>/dev/null || true; fi
-    wait 2>/dev/null || true
-}
-trap cleanup EXIT
-
-mkdir -p "$OUT"
-rm -rf "$WORK"/ward-a/audit.db* "$WORK"/ward-b/audit.db* "$WORK"/ward-a/spool "$WORK"/ward-b/spool
-nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" >"$OUT/nginx.log" 2>&1 &
-PIDS+=("$!")
-TOKIO_WORKER_THREADS=1 "$WARD" --log-level warn proxy --config "$WORK/ward-b/proxy.yaml" \
-    >"$OUT/proxy-b.log" 2>&1 &
-B=$!
-PIDS+=("$B")
-TOKIO_WORKER_THREADS=1 "$WARD" --log-level warn proxy --config "$WORK/ward-a/proxy.yaml" \
-    >"$OUT/proxy-a.log" 2>&1 &
-PIDS+=("$!")
-
-code=""
-for _ in $(seq 120); do
-    code="$(curl -s -o /dev/null -w '%{http_code}' -H 'Host: checkout-api' "$URL" || true)"
-    [[ "$code" == "200" ]] && break
-    sleep 0.5
-done
-[[ "$code" == "200" ]] || die "no 200 through the proxies (logs in $OUT)"
+# shellcheck source=bench/kept.sh
+source "$ROOT/bench/kept.sh"
+kept_check
+kept_start
 h2load --h1 -n 2000 -c 10 -H ':authority: checkout-api' "$URL" >"$OUT/h2load-warmup.txt" 2>&1
 
 # One line per thread: tid, name, utime and stime in clock ticks (fields 14 and 15 of stat;

@@ -1,0 +1,45 @@
+# Sourced by bench/callgrind.sh and bench/threads.sh: runs nginx and the `ward` setup's two
+# proxies from a work directory `bench/proxy.sh --keep` left behind. Set WORK, WARD and OUT and
+# define die() first.
+
+# Checks the work directory and sets URL to proxy A's outbound listener.
+kept_check() {
+    local f
+    [[ -x "$WARD" ]] || die "no ward binary at $WARD"
+    for f in nginx/nginx.conf ward-a/proxy.yaml ward-b/proxy.yaml; do
+        [[ -f "$WORK/$f" ]] || die "$WORK/$f is missing: run bench/proxy.sh --keep --configs ward first"
+    done
+    # From the kept config: `outbound: "127.0.0.1:PORT"`.
+    URL="http://$(sed -n 's/.*outbound: "\([0-9.:]*\)".*/\1/p' "$WORK/ward-a/proxy.yaml")/"
+    [[ "$URL" != "http:///" ]] || die "no outbound address in $WORK/ward-a/proxy.yaml"
+}
+
+# Starts nginx, proxy B (its command line prefixed by "$@", e.g. valgrind) and proxy A, one
+# worker thread each, with fresh audit stores; sets B to proxy B's pid and waits for a 200.
+kept_start() {
+    PIDS=()
+    trap kept_stop EXIT
+    mkdir -p "$OUT"
+    rm -rf "$WORK"/ward-a/audit.db* "$WORK"/ward-b/audit.db* "$WORK"/ward-a/spool "$WORK"/ward-b/spool
+    nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" >"$OUT/nginx.log" 2>&1 &
+    PIDS+=("$!")
+    TOKIO_WORKER_THREADS=1 "$@" "$WARD" --log-level warn proxy --config "$WORK/ward-b/proxy.yaml" \
+        >"$OUT/proxy-b.log" 2>&1 &
+    B=$!
+    PIDS+=("$B")
+    TOKIO_WORKER_THREADS=1 "$WARD" --log-level warn proxy --config "$WORK/ward-a/proxy.yaml" \
+        >"$OUT/proxy-a.log" 2>&1 &
+    PIDS+=("$!")
+    local code="" _
+    for _ in $(seq 120); do
+        code="$(curl -s -o /dev/null -w '%{http_code}' -H 'Host: checkout-api' "$URL" || true)"
+        [[ "$code" == "200" ]] && return 0
+        sleep 0.5
+    done
+    die "no 200 through the proxies (logs in $OUT)"
+}
+
+kept_stop() {
+    if ((${#PIDS[@]} > 0)); then kill "${PIDS[@]}" 2>/dev/null || true; fi
+    wait 2>/dev/null || true
+}
