@@ -24,7 +24,7 @@ use crate::app::{self, AppClient};
 use crate::ctx::{ConnCtx, ListenerKind, ReqCtx};
 use crate::headers;
 use crate::identity::Lapse;
-use crate::metrics::{DurationLabels, HandshakeLabels, ReasonLabels, ResultLabels};
+use crate::metrics::{DurationLabels, HandshakeLabels, ReasonLabels};
 use crate::proxy::ProxyInputs;
 use crate::respond::{RequestError, error_response};
 use crate::serve::{Drain, accept_loop, serve_http};
@@ -243,7 +243,7 @@ impl Inbound {
                     ward_authz::Error::Path(e) => RequestError::BadPath(e),
                     other => RequestError::BadRequest(other.to_string()),
                 };
-                self.metric_decision("invalid");
+                self.inputs.metrics.unmappable();
                 // Not a decision, but an attempt worth keeping: recorded as a deny.
                 self.submit(|| {
                     let mut r = self.record(ctx, &peer);
@@ -258,10 +258,9 @@ impl Inbound {
             }
         };
         let decision = snapshot.authorize(&request);
-        self.inputs.metrics.decision(decision.allow);
-        if decision.remembered {
-            self.inputs.metrics.authz_remembered.inc();
-        }
+        self.inputs
+            .metrics
+            .decision(decision.allow, decision.remembered);
         let action = request.action.clone();
         self.submit(|| {
             let mut r = self.record(ctx, &peer);
@@ -341,14 +340,6 @@ impl Inbound {
                 Ok(())
             }
         }
-    }
-
-    fn metric_decision(&self, result: &'static str) {
-        self.inputs
-            .metrics
-            .authz
-            .get_or_create(&ResultLabels { result })
-            .inc();
     }
 
     fn log(&self, ctx: &ReqCtx, route: &str, status: u16) {

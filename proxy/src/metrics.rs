@@ -107,7 +107,7 @@ pub struct Metrics {
     authz_allow: Counter,
     authz_deny: Counter,
     /// Inbound decisions answered from a remembered earlier request (also in `authz`).
-    pub authz_remembered: Counter,
+    authz_remembered: Counter,
     /// Failed TLS handshakes.
     pub handshake_failures: Family<HandshakeLabels, Counter>,
     /// Retries sent, by condition.
@@ -292,13 +292,25 @@ impl Metrics {
             .inc();
     }
 
-    /// Counts an inbound authorization decision.
-    pub fn decision(&self, allow: bool) {
+    /// Counts an inbound authorization decision, and whether it was remembered rather than
+    /// evaluated.
+    pub fn decision(&self, allow: bool, remembered: bool) {
         if allow {
             self.authz_allow.inc();
         } else {
             self.authz_deny.inc();
         }
+        if remembered {
+            self.authz_remembered.inc();
+        }
+    }
+
+    /// Counts an inbound request refused before any decision because it could not be mapped
+    /// to one (`result="invalid"`).
+    pub fn unmappable(&self) {
+        self.authz
+            .get_or_create(&ResultLabels { result: "invalid" })
+            .inc();
     }
 
     /// Counts a connection opening (`inbound`, `outbound`, `admin` or `upstream`); the guard
