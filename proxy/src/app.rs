@@ -201,7 +201,7 @@ impl<B> Body for AppBody<B> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(None) => self.finish(true),
-            Poll::Ready(Some(Err(_))) => self.conn = None,
+            Poll::Ready(Some(Err(_))) => self.finish(false),
             _ => {}
         }
         polled
