@@ -45,35 +45,58 @@ pub(crate) fn trace(headers: &HeaderMap) -> (String, String) {
         .and_then(|v| v.to_str().ok())
         .and_then(parse_traceparent);
     let (trace_id, flags) = match parsed {
-        Some((trace_id, _, flags)) => (trace_id.to_owned(), flags.to_owned()),
-        None => (ward_audit::record::random_id(), "01".to_owned()),
+        Some((trace_id, _, flags)) => (trace_id.to_owned(), flags),
+        None => (ward_audit::record::random_id(), "01"),
     };
-    let span_id = format!("{:016x}", fastrand::u64(1..));
-    let traceparent = format!("00-{trace_id}-{span_id}-{flags}");
+    // Written out by hand: `format!` was a tenth of the request context's cost (callgrind).
+    let mut traceparent = String::with_capacity(TRACEPARENT_LEN);
+    traceparent.push_str("00-");
+    traceparent.push_str(&trace_id);
+    traceparent.push('-');
+    push_hex_u64(&mut traceparent, fastrand::u64(1..));
+    traceparent.push('-');
+    traceparent.push_str(flags);
     (trace_id, traceparent)
+}
+
+/// `00-` + 32 + `-` + 16 + `-` + 2.
+const TRACEPARENT_LEN: usize = 55;
+
+/// Appends `n` as 16 lowercase hex digits.
+fn push_hex_u64(s: &mut String, n: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for shift in (0..16).rev() {
+        s.push(char::from(DIGITS[((n >> (shift * 4)) & 0xf) as usize]));
+    }
 }
 
 /// `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`, with the all-zero ids invalid:
 /// the trace id, the parent id and the flags.
 pub(crate) fn parse_traceparent(value: &str) -> Option<(&str, &str, &str)> {
-    let mut parts = value.split('-');
-    let (version, trace_id, parent, flags) =
-        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    let hex = |s: &str, n: usize| {
-        s.len() == n && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-    };
-    let valid = version == "00"
-        && parts.next().is_none()
-        && hex(trace_id, 32)
-        && hex(parent, 16)
-        && hex(flags, 2)
-        && trace_id.bytes().any(|b| b != b'0')
-        && parent.bytes().any(|b| b != b'0');
-    valid.then_some((trace_id, parent, flags))
+    let b = value.as_bytes();
+    if b.len() != TRACEPARENT_LEN || !value.starts_with("00-") || b[35] != b'-' || b[52] != b'-'
+    {
+        return None;
+    }
+    let hex = |s: &[u8]| s.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    let nonzero = |s: &[u8]| s.iter().any(|b| *b != b'0');
+    let (trace_id, parent, flags) = (&b[3..35], &b[36..52], &b[53..]);
+    let valid = hex(trace_id)
+        && hex(parent)
+        && hex(flags)
+        && nonzero(trace_id)
+        && nonzero(parent);
+    // All ASCII once checked, so the slices fall on character boundaries.
+    valid.then(|| (&value[3..35], &value[36..52], &value[53..]))
 }
 
 /// Removes hop-by-hop headers, including those the `Connection` header names.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none: one look at each name is far cheaper than hashing seven
+    // names for removal (3.2k instructions a request on the inbound side, callgrind).
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -152,6 +175,48 @@ mod tests {
             assert_ne!(trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
             assert!(parse_traceparent(&tp).is_some(), "{tp}");
         }
+    }
+
+    #[test]
+    fn traceparents_are_checked_field_by_field() {
+        let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(
+            parse_traceparent(good),
+            Some((
+                "4bf92f3577b34da6a3ce929d0e0e4736",
+                "00f067aa0ba902b7",
+                "01"
+            ))
+        );
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-600f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736_00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0g",
+            "00-4bf92f3577b34da6a3ce929d0e0e47é-00f067aa0ba902b7-01",
+            "0x-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ] {
+            assert_eq!(parse_traceparent(bad), None, "{bad:?}");
+        }
+        let mut s = String::new();
+        push_hex_u64(&mut s, 0x00f0_67aa_0ba9_02b7);
+        assert_eq!(s, "00f067aa0ba902b7");
+    }
+
+    #[test]
+    fn each_hop_by_hop_header_is_stripped_alone() {
+        for name in HOP_BY_HOP {
+            let mut h = map(&[(name.as_str(), "x"), ("x-keep", "1"), ("host", "a")]);
+            strip_hop_by_hop(&mut h);
+            assert!(h.get(&name).is_none(), "{name}");
+            assert_eq!(h.len(), 2, "{name}");
+        }
+        let mut h = map(&[("x-keep", "1"), ("host", "a"), ("x-secret", "1")]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 3, "nothing hop-by-hop, nothing removed");
     }
 
     #[test]

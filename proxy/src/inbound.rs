@@ -187,13 +187,16 @@ impl Inbound {
         headers::strip_hop_by_hop(req.headers_mut());
         let mut ctx = ReqCtx::new(conn, &req);
         let span = trace::start(self.inputs.traced, &mut ctx, req.headers());
-        headers::set_identity_headers(req.headers_mut(), &ctx.request_id, &ctx.traceparent, None);
+        // Set once, before the decision: a policy that reads these headers sees what the app
+        // will get (the verified peer), never what the caller sent.
+        let peer = ctx.conn.peer_id.as_ref().map(|id| id.as_str());
+        headers::set_identity_headers(req.headers_mut(), &ctx.request_id, &ctx.traceparent, peer);
         // Phase 2: normalize, decide, record.
         let (result, action) = match self.decide(&ctx, req.headers()).await {
             Ok(decided) => {
                 let action = decided.action.clone();
                 // Phase 3: forward exactly what was authorized.
-                (self.forward(&ctx, decided, req).await, action)
+                (self.forward(decided, req).await, action)
             }
             Err((err, action)) => (Err(err), action),
         };
@@ -294,7 +297,6 @@ impl Inbound {
     /// Phase 3: the authorized path and original query to the app.
     async fn forward(
         &self,
-        ctx: &ReqCtx,
         decided: Decided,
         mut req: Request<Incoming>,
     ) -> Result<Response<BoxBody>, RequestError> {
@@ -302,8 +304,6 @@ impl Inbound {
             .map_err(|e| RequestError::Bug(format!("app URI: {e}")))?;
         // The app speaks HTTP/1.1 whatever the peer spoke.
         *req.version_mut() = Version::HTTP_11;
-        let peer = ctx.conn.peer_id.as_ref().map(|id| id.as_str());
-        headers::set_identity_headers(req.headers_mut(), &ctx.request_id, &ctx.traceparent, peer);
         let sent = tokio::time::timeout(self.inputs.cfg.app_timeout, self.app.request(req)).await;
         let mut response = match sent {
             Ok(Ok(resp)) => resp,
