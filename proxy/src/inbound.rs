@@ -24,7 +24,7 @@ use crate::app::{self, AppClient};
 use crate::ctx::{ConnCtx, ListenerKind, ReqCtx};
 use crate::headers;
 use crate::identity::Lapse;
-use crate::metrics::{DurationLabels, HandshakeLabels, ReasonLabels};
+use crate::metrics::{HandshakeLabels, ReasonLabels, RedLabels};
 use crate::proxy::ProxyInputs;
 use crate::respond::{RequestError, error_response};
 use crate::serve::{Drain, accept_loop, serve_http};
@@ -344,11 +344,7 @@ impl Inbound {
 
     fn log(&self, ctx: &ReqCtx, route: &str, status: u16) {
         let elapsed = ctx.start.elapsed();
-        let source = ctx
-            .conn
-            .peer_id
-            .as_ref()
-            .map_or_else(String::new, ToString::to_string);
+        let source = ctx.conn.peer_id.as_ref().map_or("", |id| id.as_str());
         tracing::info!(
             target: "access",
             direction = "inbound",
@@ -364,11 +360,11 @@ impl Inbound {
             duration_ms = elapsed.as_secs_f64() * 1000.0,
         );
         self.inputs.metrics.request(
-            DurationLabels {
+            RedLabels {
                 direction: "inbound",
                 source,
-                destination: self.inputs.cfg.service.clone(),
-                route: route.to_owned(),
+                destination: &self.inputs.cfg.service,
+                route,
             },
             status,
             elapsed.as_secs_f64(),

@@ -23,7 +23,7 @@ use crate::config::Registry;
 use crate::ctx::{ConnCtx, ListenerKind, ReqCtx};
 use crate::headers;
 use crate::identity::Identity;
-use crate::metrics::{DurationLabels, Metrics};
+use crate::metrics::{Metrics, RedLabels};
 use crate::proxy::ProxyInputs;
 use crate::respond::{RequestError, error_response};
 use crate::serve::{accept_loop, serve_http};
@@ -221,11 +221,11 @@ fn log(inputs: &ProxyInputs, ctx: &ReqCtx, service: &str, route: &str, status: u
         "-"
     };
     inputs.metrics.request(
-        DurationLabels {
+        RedLabels {
             direction: "outbound",
-            source: inputs.cfg.service.clone(),
-            destination: destination.to_owned(),
-            route: route.to_owned(),
+            source: &inputs.cfg.service,
+            destination,
+            route,
         },
         status,
         elapsed.as_secs_f64(),
