@@ -16,20 +16,27 @@ kept_check() {
 
 # Starts nginx, proxy B (its command line prefixed by "$@", e.g. valgrind) and proxy A, one
 # worker thread each, with fresh audit stores; sets B to proxy B's pid and waits for a 200.
+# Starts nginx and proxies B and A (B first, so A finds it) and waits for a 200 through both.
+# Arguments: `a` or `b`, the proxy whose command gets the rest of the arguments as a prefix
+# (e.g. valgrind); sets B and A to the proxies' process ids.
 kept_start() {
+    local which="$1" wrap_a=() wrap_b=()
+    shift
+    if [[ "$which" == a ]]; then wrap_a=("$@"); else wrap_b=("$@"); fi
     PIDS=()
     trap kept_stop EXIT
     mkdir -p "$OUT"
     rm -rf "$WORK"/ward-a/audit.db* "$WORK"/ward-b/audit.db* "$WORK"/ward-a/spool "$WORK"/ward-b/spool
     nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" >"$OUT/nginx.log" 2>&1 &
     PIDS+=("$!")
-    TOKIO_WORKER_THREADS=1 "$@" "$WARD" --log-level warn proxy --config "$WORK/ward-b/proxy.yaml" \
+    TOKIO_WORKER_THREADS=1 "${wrap_b[@]}" "$WARD" --log-level warn proxy --config "$WORK/ward-b/proxy.yaml" \
         >"$OUT/proxy-b.log" 2>&1 &
     B=$!
     PIDS+=("$B")
-    TOKIO_WORKER_THREADS=1 "$WARD" --log-level warn proxy --config "$WORK/ward-a/proxy.yaml" \
+    TOKIO_WORKER_THREADS=1 "${wrap_a[@]}" "$WARD" --log-level warn proxy --config "$WORK/ward-a/proxy.yaml" \
         >"$OUT/proxy-a.log" 2>&1 &
-    PIDS+=("$!")
+    A=$!
+    PIDS+=("$A")
     local code="" _
     for _ in $(seq 120); do
         code="$(curl -s -o /dev/null -w '%{http_code}' -H 'Host: checkout-api' "$URL" || true)"

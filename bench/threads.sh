@@ -24,7 +24,7 @@ done
 # shellcheck source=bench/kept.sh
 source "$ROOT/bench/kept.sh"
 kept_check
-kept_start
+kept_start b
 h2load --h1 -n 2000 -c 10 -H ':authority: checkout-api' "$URL" >"$OUT/h2load-warmup.txt" 2>&1
 
 # One line per thread: tid, name, utime and stime in clock ticks (fields 14 and 15 of stat;
