@@ -133,13 +133,18 @@ pub(crate) fn set_identity_headers(
 ) {
     headers.remove(&XFCC);
     // Inserting replaces every value a caller sent; a value we cannot send removes them.
-    for (name, value) in [
-        (REQUEST_ID, Some(request_id)),
-        (TRACEPARENT, Some(traceparent)),
-        (PEER_ID, peer_id),
+    for (name, value, unique) in [
+        (REQUEST_ID, Some(request_id), true),
+        (TRACEPARENT, Some(traceparent), true),
+        (PEER_ID, peer_id, false),
     ] {
         match value.and_then(|v| HeaderValue::from_str(v).ok()) {
-            Some(v) => {
+            Some(mut v) => {
+                // A value no later request repeats is not worth a place in HPACK's dynamic
+                // table: marked sensitive, HTTP/2 sends it as a never-indexed literal, and
+                // neither this proxy's encoder nor the next one's decoder inserts it and
+                // evicts older entries for it on every request.
+                v.set_sensitive(unique);
                 headers.insert(name, v);
             }
             None => {
@@ -261,6 +266,8 @@ mod tests {
         assert!(h.get("x-secret").is_none() && h.get("connection").is_none());
         assert_eq!(h["x-keep"], "1");
         assert_eq!(h["x-request-id"], "r1");
+        assert!(h["x-request-id"].is_sensitive() && h["traceparent"].is_sensitive());
+        assert!(!h["x-ward-peer-id"].is_sensitive());
 
         set_identity_headers(&mut h, "r1", "00-x", None);
         assert!(h.get("x-ward-peer-id").is_none());
