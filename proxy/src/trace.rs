@@ -182,11 +182,10 @@ pub(crate) fn start(enabled: bool, ctx: &mut ReqCtx, incoming: &HeaderMap) -> Sp
     let sc = cx.span().span_context().clone();
     if sc.is_valid() {
         ctx.trace_id = sc.trace_id().to_string();
-        ctx.traceparent = format!(
-            "00-{}-{}-{:02x}",
-            sc.trace_id(),
-            sc.span_id(),
-            sc.trace_flags().to_u8()
+        ctx.traceparent = headers::traceparent(
+            &ctx.trace_id,
+            u64::from_be_bytes(sc.span_id().to_bytes()),
+            sc.trace_flags().to_u8(),
         );
     }
     span
