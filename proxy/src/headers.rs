@@ -15,10 +15,8 @@ pub(crate) const XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-
 /// Longest request id accepted from a caller; a longer one is replaced.
 const MAX_REQUEST_ID: usize = 128;
 
-const HOP_BY_HOP_COUNT: usize = 7;
-
 /// Headers that describe one hop, not the request (RFC 9110 §7.6.1), dropped when forwarding.
-const HOP_BY_HOP: [HeaderName; HOP_BY_HOP_COUNT] = [
+const HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -95,13 +93,12 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // One look at each name finds which are present: removing a name hashes it, and most
     // messages carry none, or only `Connection: keep-alive` (nginx's responses); hashing all
     // seven cost 2.3k instructions a message (callgrind).
-    let mut present = [false; HOP_BY_HOP_COUNT];
-    for name in headers.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
-            present[i] = true;
-        }
-    }
-    if !present.contains(&true) {
+    // Bit i: HOP_BY_HOP[i] is present.
+    let present = headers
+        .keys()
+        .filter_map(|name| HOP_BY_HOP.iter().position(|h| h == name))
+        .fold(0u8, |bits, i| bits | 1 << i);
+    if present == 0 {
         return;
     }
     // Other headers `Connection` names; the hop-by-hop ones (and `close`) go anyway.
@@ -119,8 +116,10 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
         })
         .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
         .collect();
-    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p) {
-        headers.remove(name);
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & 1 << i != 0 {
+            headers.remove(name);
+        }
     }
     for name in &named {
         headers.remove(name);
