@@ -594,6 +594,7 @@ for fmt in json table; do
         "cores=$(nproc)" "envoy=$ENVOY_VERSION" "haproxy=$(haproxy -v | head -n 1)" \
         "ward=$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)" \
         "audit_flush=${AUDIT_FLUSH:-100ms}" "profile=$PROFILE" \
+        "symbol_order=$("$ROOT/bench/symbol-order.sh" --check "$WARD" 2>/dev/null | awk '{ print $1 "/" $3 }')" \
         >"$RESULTS_DIR/proxy-$stamp.$fmt"
 done
 log "saved $RESULTS_DIR/proxy-$stamp.{table,json}"
