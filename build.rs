@@ -24,10 +24,13 @@ fn main() {
     };
     let order = Path::new(&dir).join(ORDER);
     if release && lld && wanted && order.is_file() {
-        println!(
-            "cargo::rustc-link-arg-bins=-Wl,--symbol-ordering-file={}",
-            order.display()
-        );
-        println!("cargo::rustc-link-arg-bins=-Wl,--no-warn-symbol-ordering");
+        // `-Xlinker` passes each argument whole: `-Wl,` would split a path at its commas.
+        for arg in [
+            format!("--symbol-ordering-file={}", order.display()),
+            "--no-warn-symbol-ordering".to_owned(),
+        ] {
+            println!("cargo::rustc-link-arg-bins=-Xlinker");
+            println!("cargo::rustc-link-arg-bins={arg}");
+        }
     }
 }

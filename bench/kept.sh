@@ -14,9 +14,8 @@ kept_check() {
     [[ "$URL" != "http:///" ]] || die "no outbound address in $WORK/ward-a/proxy.yaml"
 }
 
-# Starts nginx, proxy B (its command line prefixed by "$@", e.g. valgrind) and proxy A, one
-# worker thread each, with fresh audit stores; sets B to proxy B's pid and waits for a 200.
-# Starts nginx and proxies B and A (B first, so A finds it) and waits for a 200 through both.
+# Starts nginx and proxies B and A (B first, so A finds it), one worker thread each, with fresh
+# audit stores, and waits for a 200 through both.
 # Arguments: `a` or `b`, the proxy whose command gets the rest of the arguments as a prefix
 # (e.g. valgrind); sets B and A to the proxies' process ids.
 kept_start() {
