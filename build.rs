@@ -14,10 +14,14 @@ const ORDER: &str = "link/symbol-order.txt";
 fn main() {
     println!("cargo::rerun-if-changed={ORDER}");
     println!("cargo::rerun-if-env-changed=WARD_SYMBOL_ORDER");
+    println!("cargo::rerun-if-env-changed=RUSTC_LINKER");
     // Debug builds (tests) gain nothing from it and would only relink for it.
     let release = env::var("PROFILE").is_ok_and(|p| p == "release");
     // `--symbol-ordering-file` is lld's; rustc links this target with its own lld by default.
-    let lld = env::var("TARGET").is_ok_and(|t| t == "x86_64-unknown-linux-gnu");
+    // A linker or link flags of the user's own may not take it: then link as they say.
+    let lld = env::var("TARGET").is_ok_and(|t| t == "x86_64-unknown-linux-gnu")
+        && env::var_os("RUSTC_LINKER").is_none()
+        && !env::var("CARGO_ENCODED_RUSTFLAGS").is_ok_and(|f| f.contains("link"));
     let wanted = env::var("WARD_SYMBOL_ORDER").as_deref() != Ok("0");
     let Ok(dir) = env::var("CARGO_MANIFEST_DIR") else {
         return;
