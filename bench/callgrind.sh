@@ -36,10 +36,7 @@ kept_start "$PROXY" valgrind --tool=callgrind --separate-threads=yes --instr-ats
 
 load() {
     if [[ "$PATHS" == same ]]; then
-        h2load --h1 -n "$1" -c 10 -H ':authority: checkout-api' "$URL" \
-            >"$OUT/h2load-$2.txt" 2>&1
-        grep -q "$1 succeeded" "$OUT/h2load-$2.txt" ||
-            die "not every request succeeded: $OUT/h2load-$2.txt"
+        kept_load "$1" "$2"
         return
     fi
     # h2load gives each client the whole URI list from its start, so ten clients of one h2load

@@ -49,3 +49,11 @@ kept_stop() {
     if ((${#PIDS[@]} > 0)); then kill "${PIDS[@]}" 2>/dev/null || true; fi
     wait 2>/dev/null || true
 }
+
+# Sends $1 requests for `/` through proxy A (`h2load --h1`, ten connections), h2load's output
+# in $OUT/h2load-$2.txt; dies unless every one succeeded.
+kept_load() {
+    h2load --h1 -n "$1" -c 10 -H ':authority: checkout-api' "$URL" >"$OUT/h2load-$2.txt" 2>&1
+    grep -q "$1 succeeded" "$OUT/h2load-$2.txt" ||
+        die "not every request succeeded: $OUT/h2load-$2.txt"
+}

@@ -47,9 +47,7 @@ kept_check
 for proxy in b a; do
     kept_start "$proxy" valgrind --tool=callgrind --demangle=no --compress-strings=no \
         --compress-pos=no --callgrind-out-file="$OUT/callgrind-$proxy.%p"
-    h2load --h1 -n 2000 -c 10 -H ':authority: checkout-api' "$URL" >"$OUT/h2load-$proxy.txt" 2>&1
-    grep -q "2000 succeeded" "$OUT/h2load-$proxy.txt" ||
-        die "not every request succeeded: $OUT/h2load-$proxy.txt"
+    kept_load 2000 "$proxy"
     kept_stop
     trap - EXIT
 done
