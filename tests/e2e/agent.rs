@@ -77,11 +77,7 @@ impl Agent {
     }
 
     fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .args([format!("-{name}"), self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill -{name} failed");
+        support::signal(&self.child, name);
     }
 
     /// Waits for the agent to exit (see [`support::wait_exit`]).

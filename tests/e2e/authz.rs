@@ -86,11 +86,7 @@ impl Serve {
     }
 
     pub(crate) fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .args([format!("-{name}"), self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill -{name} failed");
+        support::signal(&self.child, name);
     }
 
     /// Waits for the process to exit (see [`support::wait_exit`]).

@@ -66,11 +66,7 @@ impl ProxyProc {
     }
 
     fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .args([format!("-{name}"), self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
+        support::signal(&self.child, name);
     }
 
     /// Waits for the process to exit (see [`support::wait_exit`]).

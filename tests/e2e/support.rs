@@ -25,6 +25,15 @@ pub(crate) fn write_file(dir: &tempfile::TempDir, name: &str, text: &str) -> std
     path
 }
 
+/// Sends the signal `name` (`TERM`, `HUP`, …) to `child` with kill(1).
+pub(crate) fn signal(child: &Child, name: &str) {
+    let status = std::process::Command::new("kill")
+        .args([format!("-{name}"), child.id().to_string()])
+        .status()
+        .expect("running kill");
+    assert!(status.success(), "kill -{name} failed");
+}
+
 /// Waits for `child` to exit without blocking the runtime, so that the test's own connections
 /// keep answering the server's shutdown (GOAWAY, PING); past `timeout` it fails with `logs()`.
 pub(crate) async fn wait_exit(
