@@ -691,8 +691,11 @@ fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     }
 }
 
+/// How long a proxy waits for its first SVID from the Workload API unless configured.
+pub const DEFAULT_IDENTITY_WAIT: Duration = Duration::from_secs(30);
+
 fn default_identity_wait() -> Duration {
-    Duration::from_secs(30)
+    DEFAULT_IDENTITY_WAIT
 }
 
 fn hundred() -> f64 {

@@ -14,7 +14,7 @@ use clap::Args;
 use serde::Deserialize;
 use ward_identity::Ca;
 use ward_identity::ca::{DEFAULT_JWT_TTL, DEFAULT_SVID_TTL};
-use ward_identity::workload_api::{self, Entries, Server, SourceUpdater};
+use ward_identity::workload_api::{self, Entries, Entry, Server, SourceUpdater};
 
 use crate::config::{self, ConfigError, Env, Overrides, ProcessEnv};
 use crate::exit;
@@ -58,6 +58,12 @@ pub(crate) struct AgentConfig {
     /// Longest lifetime of a JWT-SVID.
     #[serde(deserialize_with = "config::duration_at_least_1s")]
     pub(crate) jwt_ttl: Duration,
+}
+
+/// Reloads the CA of a running server (on SIGHUP).
+pub(crate) struct Reloader {
+    ca_dir: PathBuf,
+    updater: SourceUpdater,
 }
 
 /// The configuration with every path resolved.
@@ -115,24 +121,7 @@ impl AgentConfig {
 
 /// Runs `ward agent`.
 pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
-    ward_identity::install_crypto_provider();
-    let cfg = load(&args, &ProcessEnv).map_err(exit::bad_input)?;
-    tracing::info!(?cfg, "resolved configuration");
-
-    let ca = load_ca(&cfg.ca_dir).map_err(exit::bad_input)?;
-    let entries = Entries::load(&cfg.entries, ward_identity::SvidSource::trust_domain(&ca))
-        .map_err(exit::bad_input)?;
-    if entries.is_empty() {
-        tracing::warn!(file = %cfg.entries.display(), "no registration entries: every call will be denied");
-    }
-    let server_cfg = workload_api::Config {
-        default_ttl: cfg.default_ttl,
-        jwt_ttl: cfg.jwt_ttl,
-        ..workload_api::Config::new(&cfg.socket)
-    };
-    let (server, updater) =
-        Server::new(server_cfg, entries, Arc::new(ca)).map_err(exit::bad_input)?;
-
+    let (server, reloader) = build(&args, Vec::new())?;
     // Handlers are installed before the socket exists, so a signal sent as soon as the socket
     // appears is never lost.
     let (mut hangup, shutdown) = Signals::install()?.split();
@@ -144,9 +133,43 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
                 result.context("Workload API server")?;
                 return Ok(exit::OK);
             }
-            _ = hangup.recv() => reload(&cfg.ca_dir, &updater),
+            _ = hangup.recv() => reloader.reload(),
         }
     }
+}
+
+/// Builds the Workload API server from the configuration and flags (every problem there is
+/// bad input, exit 2), serving the entries file's entries and then `extra` (entries made in
+/// code, e.g. `ward up`'s demo services). The socket is bound when the server runs.
+pub(crate) fn build(args: &AgentArgs, extra: Vec<Entry>) -> anyhow::Result<(Server, Reloader)> {
+    ward_identity::install_crypto_provider();
+    let cfg = load(args, &ProcessEnv).map_err(exit::bad_input)?;
+    tracing::info!(?cfg, "resolved configuration");
+
+    let ca = load_ca(&cfg.ca_dir).map_err(exit::bad_input)?;
+    let trust_domain = ward_identity::SvidSource::trust_domain(&ca);
+    let mut entries = Entries::load(&cfg.entries, trust_domain).map_err(exit::bad_input)?;
+    if !extra.is_empty() {
+        let all = entries.all().iter().cloned().chain(extra).collect();
+        entries = Entries::new(trust_domain.clone(), all).map_err(exit::bad_input)?;
+    }
+    if entries.is_empty() {
+        tracing::warn!(file = %cfg.entries.display(), "no registration entries: every call will be denied");
+    }
+    let server_cfg = workload_api::Config {
+        default_ttl: cfg.default_ttl,
+        jwt_ttl: cfg.jwt_ttl,
+        ..workload_api::Config::new(&cfg.socket)
+    };
+    let (server, updater) =
+        Server::new(server_cfg, entries, Arc::new(ca)).map_err(exit::bad_input)?;
+    Ok((
+        server,
+        Reloader {
+            ca_dir: cfg.ca_dir,
+            updater,
+        },
+    ))
 }
 
 /// The file (if any), then the environment, then the flags.
@@ -159,16 +182,20 @@ fn load_ca(dir: &std::path::Path) -> anyhow::Result<Ca> {
     Ca::load(dir).with_context(|| format!("loading the CA from `{}`", dir.display()))
 }
 
-/// SIGHUP: load the CA again and hand it to the server; on failure keep serving the old one.
-fn reload(ca_dir: &std::path::Path, updater: &SourceUpdater) {
-    tracing::info!(ca_dir = %ca_dir.display(), "SIGHUP received: reloading the CA");
-    let result = load_ca(ca_dir).and_then(|ca| Ok(updater.update(Arc::new(ca))?));
-    match result {
-        Ok(()) => tracing::info!("CA reloaded"),
-        Err(err) => tracing::error!(
-            error = format!("{err:#}"),
-            "CA reload failed; keeping the previous CA"
-        ),
+// === impl Reloader ===
+
+impl Reloader {
+    /// SIGHUP: loads the CA again and hands it to the server; on failure the old one stays.
+    pub(crate) fn reload(&self) {
+        tracing::info!(ca_dir = %self.ca_dir.display(), "SIGHUP received: reloading the CA");
+        let result = load_ca(&self.ca_dir).and_then(|ca| Ok(self.updater.update(Arc::new(ca))?));
+        match result {
+            Ok(()) => tracing::info!("CA reloaded"),
+            Err(err) => tracing::error!(
+                error = format!("{err:#}"),
+                "CA reload failed; keeping the previous CA"
+            ),
+        }
     }
 }
 
