@@ -1,9 +1,11 @@
 //! `ward up`: the whole mesh on one machine, from embedded defaults or one YAML file.
 //!
-//! Today it brings up the identity layer: the CA (created in `<data_dir>/ca` on first run) and
-//! the Workload API agent on `<data_dir>/agent.sock`, with a registration entry that gives the
-//! current user's processes `spiffe://<trust-domain>/ns/default/sa/<user>`. Proxies, gateways
-//! and the demo services join here as their crates land.
+//! It brings up the CA (created in `<data_dir>/ca` on first run) and the Workload API agent on
+//! `<data_dir>/agent.sock`, with a registration entry that gives the current user's processes
+//! `spiffe://<trust-domain>/ns/default/sa/<user>`, and then the demo mesh ([`mesh`]): six
+//! services, each a small app behind its own proxy, deciding calls with the policy repository
+//! in `<data_dir>/policies` and auditing to `<data_dir>/audit.db`. Gateways and the control
+//! plane join here as their crates land.
 
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
@@ -19,6 +21,13 @@ use crate::cmd::agent::{self, AgentArgs};
 use crate::config::{self, ConfigError, Env, Overrides, ProcessEnv};
 use crate::exit;
 use crate::output::Table;
+use crate::signals::Signals;
+
+mod app;
+mod mesh;
+mod policies;
+
+use mesh::Mesh;
 
 /// Configuration of `ward up` (documented in docs/CONFIG.md).
 #[derive(Debug, Clone, Deserialize)]
@@ -28,6 +37,8 @@ pub(crate) struct UpConfig {
     pub(crate) data_dir: PathBuf,
     /// The SPIFFE trust domain of the local mesh.
     pub(crate) trust_domain: String,
+    /// Run the demo services behind their proxies (off: only the CA and the Workload API).
+    pub(crate) demo: bool,
 }
 
 impl Default for UpConfig {
@@ -35,6 +46,7 @@ impl Default for UpConfig {
         Self {
             data_dir: PathBuf::from("ward-data"),
             trust_domain: "ward.local".to_owned(),
+            demo: true,
         }
     }
 }
@@ -59,8 +71,82 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let socket = cfg.data_dir.join("agent.sock");
     let entries = cfg.data_dir.join("entries.yaml");
     ensure_ca(&ca_dir, &trust_domain)?;
-    let default_id = ensure_entries(&entries, &trust_domain)?;
+    let (uid, default_id) = ensure_entries(&entries, &trust_domain)?;
+    let demo_entries = if cfg.demo {
+        if policies::ensure(&mesh::policies_dir(&cfg.data_dir), &trust_domain)? {
+            tracing::info!("wrote the demo policy repository");
+        }
+        mesh::entries(&trust_domain, uid)?
+    } else {
+        Vec::new()
+    };
 
+    let agent_args = AgentArgs {
+        config: None,
+        socket: Some(socket.clone()),
+        ca_dir: Some(ca_dir.clone()),
+        entries: Some(entries.clone()),
+    };
+    let (server, reloader) = agent::build(&agent_args, demo_entries)?;
+    // Handlers first, so a signal sent as soon as the table is printed is not lost.
+    let (mut hangup, shutdown) = Signals::install()?.split();
+    let (stop_agent, mut agent_stopped) = tokio::sync::watch::channel(false);
+    let mut agent = tokio::spawn(server.run(async move {
+        let _ = agent_stopped.wait_for(|stop| *stop).await;
+    }));
+    let mesh = if cfg.demo {
+        match Mesh::start(&cfg.data_dir, &trust_domain, &socket).await {
+            Ok(mesh) => Some(mesh),
+            Err(err) => {
+                stop_agent.send_replace(true);
+                let _ = agent.await;
+                return Err(err);
+            }
+        }
+    } else {
+        None
+    };
+    print_summary(&cfg, &trust_domain, &default_id, mesh.as_ref());
+
+    tokio::pin!(shutdown);
+    let agent_result = loop {
+        tokio::select! {
+            () = &mut shutdown => break None,
+            result = &mut agent => break Some(result),
+            _ = hangup.recv() => {
+                reloader.reload();
+                if let Some(mesh) = &mesh {
+                    mesh.reload_policies();
+                }
+            }
+        }
+    };
+    // The proxies drain first; the agent keeps serving their SVIDs until they are done.
+    let mesh_result = match mesh {
+        Some(mesh) => mesh.stop().await,
+        None => Ok(()),
+    };
+    stop_agent.send_replace(true);
+    let agent_result = match agent_result {
+        Some(result) => result,
+        None => agent.await,
+    };
+    agent_result
+        .context("the Workload API task panicked")?
+        .context("Workload API server")?;
+    mesh_result?;
+    Ok(exit::OK)
+}
+
+/// The table of what runs where, and commands to try.
+fn print_summary(
+    cfg: &UpConfig,
+    trust_domain: &TrustDomain,
+    default_id: &str,
+    mesh: Option<&Mesh>,
+) {
+    let ca_dir = cfg.data_dir.join("ca");
+    let socket = cfg.data_dir.join("agent.sock");
     let mut table = Table::new(["component", "state", "where"]);
     table
         .row([
@@ -76,21 +162,35 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         .row([
             "your processes".to_owned(),
             format!("get {default_id}"),
-            entries.display().to_string(),
+            cfg.data_dir.join("entries.yaml").display().to_string(),
         ]);
+    if mesh.is_some() {
+        table
+            .row([
+                "policies".to_owned(),
+                "loaded (SIGHUP reloads)".to_owned(),
+                mesh::policies_dir(&cfg.data_dir).display().to_string(),
+            ])
+            .row([
+                "audit log".to_owned(),
+                "one hash chain per service".to_owned(),
+                cfg.data_dir.join("audit.db").display().to_string(),
+            ]);
+    }
     print!("{}", table.render());
+    if let Some(mesh) = mesh {
+        println!();
+        print!("{}", mesh.table().render());
+        println!();
+        for line in mesh.try_lines(&cfg.data_dir) {
+            println!("{line}");
+        }
+    }
     println!(
-        "try: SPIFFE_ENDPOINT_SOCKET=unix://{} <any SPIFFE client>; stop with Ctrl-C",
+        "SPIFFE clients: SPIFFE_ENDPOINT_SOCKET=unix://{}; stop with Ctrl-C",
         socket.display()
     );
-
-    agent::run(AgentArgs {
-        config: None,
-        socket: Some(socket),
-        ca_dir: Some(ca_dir),
-        entries: Some(entries),
-    })
-    .await
+    let _ = std::io::Write::flush(&mut std::io::stdout());
 }
 
 /// Loads the CA, creating it on first run; a CA of another trust domain is a config error.
@@ -117,8 +217,9 @@ fn ensure_ca(dir: &Path, trust_domain: &TrustDomain) -> anyhow::Result<Ca> {
     Ok(ca)
 }
 
-/// Writes a registration entry for the current user on first run; returns the id it grants.
-fn ensure_entries(path: &Path, trust_domain: &TrustDomain) -> anyhow::Result<String> {
+/// Writes a registration entry for the current user on first run; returns the user's uid and
+/// the id the entry grants.
+fn ensure_entries(path: &Path, trust_domain: &TrustDomain) -> anyhow::Result<(u32, String)> {
     // The data dir is ours, so its owner is the user running `ward up`.
     let uid = std::fs::metadata(path.parent().unwrap_or(Path::new(".")))
         .context("reading the data directory")?
@@ -133,7 +234,7 @@ fn ensure_entries(path: &Path, trust_domain: &TrustDomain) -> anyhow::Result<Str
         );
         std::fs::write(path, text).with_context(|| format!("writing `{}`", path.display()))?;
     }
-    Ok(id)
+    Ok((uid, id))
 }
 
 /// The login name of `uid` from /etc/passwd, if it is a valid SPIFFE path segment.

@@ -1,7 +1,11 @@
 //! `ward up` on embedded defaults: the README's first command, end to end. A standard SPIFFE
 //! client (the crates.io `spiffe` crate) fetches an SVID and the bundle from it, and two TLS
-//! endpoints built from that material complete mutual TLS through our verifiers.
+//! endpoints built from that material complete mutual TLS through our verifiers. Calls through
+//! the demo mesh's proxies are allowed and denied by the demo policies, drained on SIGTERM, and
+//! their audit records query and verify with the audit commands' defaults.
 
+use std::io::{BufRead as _, BufReader};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -21,18 +25,20 @@ impl Drop for Up {
     }
 }
 
-fn start(dir: &Path) -> Up {
-    let child = Command::new(assert_cmd::cargo::cargo_bin("ward"))
-        .arg("up")
+fn command(dir: &Path) -> Command {
+    let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("ward"));
+    cmd.arg("up")
         .current_dir(dir)
         .env_remove("WARD_DATA_DIR")
         .env_remove("WARD_AGENT_SOCKET")
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+        .stderr(Stdio::null());
+    cmd
+}
+
+fn start(dir: &Path) -> Up {
+    let child = command(dir).stdout(Stdio::null()).spawn().unwrap();
     let mut up = Up(child);
     let socket = dir.join("ward-data/agent.sock");
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -148,4 +154,157 @@ fn up_refuses_a_data_dir_whose_ca_is_for_another_trust_domain() {
         .assert()
         .code(2)
         .stderr(predicates::str::contains("is for trust domain `other.org`"));
+}
+
+/// Starts `ward up` and returns once it has printed its summary, with the summary's lines.
+fn start_mesh(dir: &Path) -> (Up, Vec<String>) {
+    let mut child = command(dir).stdout(Stdio::piped()).spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let up = Up(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut lines = Vec::new();
+    loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|e| panic!("no summary from ward up ({e}); so far: {lines:#?}"));
+        let done = line.starts_with("SPIFFE clients:");
+        lines.push(line);
+        if done {
+            return (up, lines);
+        }
+    }
+}
+
+/// The outbound listener of `service`'s proxy, from the summary's services table.
+fn outbound(lines: &[String], service: &str) -> SocketAddr {
+    lines
+        .iter()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|cols| cols.first() == Some(&service) && cols.len() == 5)
+        .unwrap_or_else(|| panic!("no row for {service} in {lines:#?}"))[3]
+        .parse()
+        .unwrap()
+}
+
+/// `GET http://{host}{path}` through the HTTP proxy at `proxy`: the status and the body.
+async fn get(proxy: SocketAddr, host: &str, path: &str) -> (u16, String) {
+    let mut tcp = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    let request =
+        format!("GET http://{host}{path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    tcp.read_to_string(&mut response).await.unwrap();
+    let status = response
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {response}"));
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[tokio::test]
+async fn up_runs_the_demo_mesh_and_its_decisions_are_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut up, lines) = start_mesh(dir.path());
+    let gateway = outbound(&lines, "mobile-gateway");
+    let checkout = outbound(&lines, "checkout-api");
+
+    // Allowed: the app behind checkout-api sees the path and the caller the proxy verified.
+    let (status, body) = get(gateway, "checkout-api", "/cart").await;
+    assert_eq!(status, 200, "{body}");
+    let seen: serde_json::Value = serde_json::from_str(body.trim()).unwrap();
+    assert_eq!(seen["service"], "checkout-api");
+    assert_eq!(seen["path"], "/cart");
+    assert_eq!(
+        seen["peer"],
+        "spiffe://ward.local/ns/mobile/sa/mobile-gateway"
+    );
+    // No policy lets the gateway list orders; checkout-api may.
+    let (status, body) = get(gateway, "orders-api", "/orders").await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("denied by policy"), "{body}");
+    let (status, body) = get(checkout, "orders-api", "/orders").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("spiffe://ward.local/ns/checkout/sa/checkout-api"),
+        "{body}"
+    );
+
+    crate::support::signal(&up.0, "TERM");
+    let status = crate::support::wait_exit(&mut up.0, Duration::from_secs(30), String::new).await;
+    assert!(status.success(), "{status}");
+
+    // The audit commands' defaults are where `ward up` writes.
+    let out = crate::support::ward()
+        .args(["audit", "query", "--format", "json"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let records: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let decisions: Vec<(&str, &str, &str)> = records
+        .iter()
+        .map(|r| {
+            (
+                r["principal"].as_str().unwrap(),
+                r["resource"].as_str().unwrap(),
+                r["decision"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(decisions.len(), 3, "{decisions:?}");
+    for (principal, resource, decision) in [
+        ("mobile-gateway", "checkout-api", "allow"),
+        ("mobile-gateway", "orders-api", "deny"),
+        ("checkout-api", "orders-api", "allow"),
+    ] {
+        assert!(
+            decisions
+                .iter()
+                .any(|(p, r, d)| p.ends_with(principal) && r.contains(resource) && *d == decision),
+            "{principal} → {resource} {decision} not in {decisions:?}"
+        );
+    }
+    crate::support::ward()
+        .args(["audit", "verify"])
+        .current_dir(dir.path())
+        .assert()
+        .success()
+        .stdout(predicates::str::contains("intact"));
+}
+
+#[test]
+fn up_without_the_demo_runs_no_proxies() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("up.yaml"), "demo: false\n").unwrap();
+    let mut child = command(dir.path())
+        .args(["--config", "up.yaml"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let _up = Up(child);
+    let mut summary = String::new();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        summary.push_str(&line);
+        summary.push('\n');
+        if line.starts_with("SPIFFE clients:") {
+            break;
+        }
+    }
+    assert!(summary.contains("Workload API"), "{summary}");
+    assert!(!summary.contains("mobile-gateway"), "{summary}");
+    assert!(!dir.path().join("ward-data/policies").exists());
 }

@@ -1,0 +1,318 @@
+//! The demo mesh of ../shared/DESIGN.md on one machine: each service is a demo app behind its
+//! own `ward proxy`, all in this process. Each proxy gets its SVID from `ward up`'s own
+//! Workload API, decides inbound calls with the policy repository in the data dir and writes
+//! its decisions to the audit log there, one hash chain per service.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use ward_identity::workload_api::Entry;
+use ward_identity::{SpiffeId, TrustDomain};
+use ward_proxy::config::{
+    AuditConfig, DEFAULT_IDENTITY_WAIT, EndpointEntry, IdentityConfig, Listen, ServiceEntry,
+    WorkloadApiIdentity,
+};
+use ward_proxy::{Bound, Config, Proxy, ProxyInputs};
+
+use super::app;
+use crate::output::Table;
+
+/// One service of the demo mesh.
+struct Service {
+    name: &'static str,
+    namespace: &'static str,
+    /// The services its proxy can route to (each one earlier in [`SERVICES`]).
+    calls: &'static [&'static str],
+}
+
+/// The services in start order: a proxy's registry needs the inbound address of every
+/// service it calls, so those start first.
+const SERVICES: &[Service] = &[
+    Service {
+        name: "inventory-svc",
+        namespace: "inventory",
+        calls: &[],
+    },
+    Service {
+        name: "payments-svc",
+        namespace: "payments",
+        calls: &[],
+    },
+    Service {
+        name: "profile-svc",
+        namespace: "profile",
+        calls: &[],
+    },
+    Service {
+        name: "orders-api",
+        namespace: "orders",
+        calls: &["inventory-svc"],
+    },
+    Service {
+        name: "checkout-api",
+        namespace: "checkout",
+        calls: &["orders-api", "payments-svc"],
+    },
+    // orders-api is routable but no policy lets the gateway call it: the demo's deny.
+    Service {
+        name: "mobile-gateway",
+        namespace: "mobile",
+        calls: &["checkout-api", "profile-svc", "orders-api"],
+    },
+];
+
+/// The running demo mesh.
+pub(crate) struct Mesh {
+    /// Per service, in start order: its name, its app's address and its proxy's listeners.
+    pub(crate) services: Vec<(&'static str, SocketAddr, Bound)>,
+    proxies: Vec<JoinHandle<Result<(), ward_proxy::Error>>>,
+    inputs: Vec<Arc<ProxyInputs>>,
+    apps: Vec<JoinHandle<()>>,
+    stop: watch::Sender<bool>,
+}
+
+/// The SPIFFE id of a demo service.
+fn spiffe_id(trust_domain: &TrustDomain, service: &Service) -> String {
+    format!(
+        "spiffe://{trust_domain}/ns/{}/sa/{}",
+        service.namespace, service.name
+    )
+}
+
+/// Registration entries giving the demo services their ids: only processes of `uid` running
+/// this very binary (`ward up` itself, whose proxies ask for them) match.
+pub(crate) fn entries(trust_domain: &TrustDomain, uid: u32) -> anyhow::Result<Vec<Entry>> {
+    let exe = std::fs::read_link("/proc/self/exe").context("reading /proc/self/exe")?;
+    let exe = exe
+        .to_str()
+        .context("the path of the ward binary is not UTF-8")?
+        .to_owned();
+    SERVICES
+        .iter()
+        .map(|service| {
+            Ok(Entry {
+                spiffe_id: SpiffeId::parse(&spiffe_id(trust_domain, service))?,
+                selectors: [format!("unix:uid:{uid}"), format!("unix:path:{exe}")].into(),
+                ttl: None,
+                hint: "ward up demo".to_owned(),
+            })
+        })
+        .collect()
+}
+
+// === impl Mesh ===
+
+impl Mesh {
+    /// Starts every demo app and its proxy, in [`SERVICES`] order.
+    pub(crate) async fn start(
+        data_dir: &Path,
+        trust_domain: &TrustDomain,
+        socket: &Path,
+    ) -> anyhow::Result<Self> {
+        let (stop, _) = watch::channel(false);
+        let mut mesh = Self {
+            services: Vec::new(),
+            proxies: Vec::new(),
+            inputs: Vec::new(),
+            apps: Vec::new(),
+            stop,
+        };
+        for service in SERVICES {
+            // On an error `mesh` is dropped, which stops what already runs.
+            let (app_addr, app) = app::spawn(service.name).await?;
+            mesh.apps.push(app);
+            let cfg = mesh.proxy_config(service, app_addr, data_dir, trust_domain, socket)?;
+            let proxy = Proxy::build(cfg)
+                .await
+                .with_context(|| format!("starting the proxy of {}", service.name))?;
+            mesh.services.push((service.name, app_addr, proxy.bound()));
+            mesh.inputs.push(proxy.inputs());
+            let mut stopped = mesh.stop.subscribe();
+            mesh.proxies
+                .push(tokio::spawn(proxy.wait_termination(async move {
+                    let _ = stopped.wait_for(|stop| *stop).await;
+                })));
+        }
+        Ok(mesh)
+    }
+
+    /// The configuration of `service`'s proxy; every service it calls is already running.
+    fn proxy_config(
+        &self,
+        service: &Service,
+        app: SocketAddr,
+        data_dir: &Path,
+        trust_domain: &TrustDomain,
+        socket: &Path,
+    ) -> anyhow::Result<Config> {
+        let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
+        let mut cfg = Config {
+            node: service.name.to_owned(),
+            service: service.name.to_owned(),
+            listen: Listen {
+                inbound: any_port,
+                outbound: any_port,
+                admin: any_port,
+            },
+            app,
+            identity: IdentityConfig::WorkloadApi(WorkloadApiIdentity {
+                socket: socket.to_owned(),
+                spiffe_id: Some(spiffe_id(trust_domain, service)),
+                startup_timeout: DEFAULT_IDENTITY_WAIT,
+            }),
+            policies: policies_dir(data_dir),
+            audit: AuditConfig {
+                store: format!("sqlite://{}", data_dir.join("audit.db").display()),
+                spool_dir: data_dir.join("audit-spool").join(service.name),
+                // One key signs every chain's checkpoints, where `ward audit verify` looks.
+                key: Some(data_dir.join("audit.key")),
+                ..AuditConfig::default()
+            },
+            ..Config::default()
+        };
+        for callee in service.calls {
+            let (target, bound) = SERVICES
+                .iter()
+                .zip(&self.services)
+                .find(|(s, _)| s.name == *callee)
+                .map(|(s, (_, _, bound))| (s, bound))
+                .with_context(|| {
+                    format!("{} calls {callee}, which is not running", service.name)
+                })?;
+            cfg.registry.services.insert(
+                target.name.to_owned(),
+                ServiceEntry {
+                    endpoints: vec![EndpointEntry {
+                        address: bound.inbound,
+                        spiffe_id: spiffe_id(trust_domain, target),
+                        labels: Default::default(),
+                    }],
+                    subsets: Default::default(),
+                    traffic: Default::default(),
+                },
+            );
+        }
+        Ok(cfg)
+    }
+
+    /// One row per service: its identity, its app and its proxy's listeners.
+    pub(crate) fn table(&self) -> Table {
+        let mut table = Table::new(["service", "app", "inbound (mTLS)", "outbound", "admin"]);
+        for (name, app, bound) in &self.services {
+            table.row([
+                (*name).to_owned(),
+                app.to_string(),
+                bound.inbound.to_string(),
+                bound.outbound.to_string(),
+                bound.admin.to_string(),
+            ]);
+        }
+        table
+    }
+
+    /// Commands that show an allowed call, a denied one and the audit records of both.
+    pub(crate) fn try_lines(&self, data_dir: &Path) -> Vec<String> {
+        let Some(gateway) = self
+            .services
+            .iter()
+            .find(|(name, _, _)| *name == "mobile-gateway")
+            .map(|(_, _, bound)| bound.outbound)
+        else {
+            return Vec::new();
+        };
+        vec![
+            "try, as mobile-gateway (its app would send these through its proxy):".to_owned(),
+            format!("  curl -x http://{gateway} http://checkout-api/cart      # allowed by policy"),
+            format!(
+                "  curl -x http://{gateway} http://orders-api/orders      # 403: denied by policy"
+            ),
+            format!(
+                "  ward audit query --store sqlite://{} --since 10m   # both decisions",
+                data_dir.join("audit.db").display()
+            ),
+        ]
+    }
+
+    /// Reloads every proxy's policies (on SIGHUP); a repository that fails to load is logged
+    /// and the proxies keep the policies they have.
+    pub(crate) fn reload_policies(&self) {
+        for (inputs, (name, _, _)) in self.inputs.iter().zip(&self.services) {
+            match inputs.reload_policies() {
+                Ok(revision) => tracing::info!(service = name, %revision, "policies reloaded"),
+                Err(err) => tracing::error!(
+                    service = name,
+                    error = %err,
+                    "policy reload failed; keeping the current policies"
+                ),
+            }
+        }
+    }
+
+    /// Stops every proxy (each drains its in-flight requests) and then the apps.
+    pub(crate) async fn stop(mut self) -> anyhow::Result<()> {
+        self.stop.send_replace(true);
+        let mut first_error = None;
+        for (task, (name, _, _)) in std::mem::take(&mut self.proxies)
+            .into_iter()
+            .zip(&self.services)
+        {
+            let result = task
+                .await
+                .context("a proxy task panicked")
+                .and_then(|r| r.with_context(|| format!("the proxy of {name}")));
+            if let Err(err) = result {
+                first_error.get_or_insert(err);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        self.stop.send_replace(true);
+        for app in &self.apps {
+            app.abort();
+        }
+    }
+}
+
+/// Where `ward up` keeps the demo policies.
+pub(crate) fn policies_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("policies")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_service_calls_only_services_that_start_before_it() {
+        for (i, service) in SERVICES.iter().enumerate() {
+            for callee in service.calls {
+                assert!(
+                    SERVICES[..i].iter().any(|s| s.name == *callee),
+                    "{} calls {callee}",
+                    service.name
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_demo_service_is_a_service_of_the_policy_repository() {
+        let services = include_str!("../../../policies/entities/services.json");
+        for service in SERVICES {
+            assert!(
+                services.contains(&format!(r#""id": "{}""#, service.name))
+                    && services.contains(&format!(r#""namespace": "{}""#, service.namespace)),
+                "{}",
+                service.name
+            );
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! The demo mesh's policy repository, built into the binary and written out on first run, so
+//! that `ward up` works from any directory and the copy in the data dir is the user's to edit.
+
+use std::path::Path;
+
+use anyhow::Context as _;
+use ward_identity::TrustDomain;
+
+/// The trust domain the repository's files name; replaced by the mesh's own when it differs.
+const WRITTEN_FOR: &str = "ward.local";
+
+/// Every file of `policies/`, by its path inside the repository.
+const FILES: &[(&str, &str)] = &[
+    (
+        "schema.cedarschema",
+        include_str!("../../../policies/schema.cedarschema"),
+    ),
+    ("mesh.cedar", include_str!("../../../policies/mesh.cedar")),
+    (
+        "guardrails.cedar",
+        include_str!("../../../policies/guardrails.cedar"),
+    ),
+    (
+        "tenants.cedar",
+        include_str!("../../../policies/tenants.cedar"),
+    ),
+    (
+        "egress.cedar",
+        include_str!("../../../policies/egress.cedar"),
+    ),
+    (
+        "entities/services.json",
+        include_str!("../../../policies/entities/services.json"),
+    ),
+    (
+        "entities/users.json",
+        include_str!("../../../policies/entities/users.json"),
+    ),
+    (
+        "routes/inventory-svc.yaml",
+        include_str!("../../../policies/routes/inventory-svc.yaml"),
+    ),
+    (
+        "routes/orders-api.yaml",
+        include_str!("../../../policies/routes/orders-api.yaml"),
+    ),
+    (
+        "routes/payments-svc.yaml",
+        include_str!("../../../policies/routes/payments-svc.yaml"),
+    ),
+    (
+        "routes/profile-svc.yaml",
+        include_str!("../../../policies/routes/profile-svc.yaml"),
+    ),
+    (
+        "tests/guardrails.yaml",
+        include_str!("../../../policies/tests/guardrails.yaml"),
+    ),
+    (
+        "tests/mesh.yaml",
+        include_str!("../../../policies/tests/mesh.yaml"),
+    ),
+    (
+        "tests/tenants.yaml",
+        include_str!("../../../policies/tests/tenants.yaml"),
+    ),
+];
+
+/// Writes the repository to `dir` unless it exists; returns whether it wrote it. The files go
+/// to a temporary sibling first and are renamed into place, so an interrupted first run leaves
+/// no half-written repository behind.
+pub(super) fn ensure(dir: &Path, trust_domain: &TrustDomain) -> anyhow::Result<bool> {
+    if dir.exists() {
+        return Ok(false);
+    }
+    let staging = dir.with_extension("partial");
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging)
+            .with_context(|| format!("removing `{}`", staging.display()))?;
+    }
+    let prefix = format!("spiffe://{WRITTEN_FOR}/");
+    let ours = format!("spiffe://{trust_domain}/");
+    for (name, text) in FILES {
+        let path = staging.join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating `{}`", parent.display()))?;
+        }
+        std::fs::write(&path, text.replace(&prefix, &ours))
+            .with_context(|| format!("writing `{}`", path.display()))?;
+    }
+    std::fs::rename(&staging, dir)
+        .with_context(|| format!("renaming `{}` to `{}`", staging.display(), dir.display()))?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_file_of_the_repository_is_built_in() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+        let mut on_disk = Vec::new();
+        let mut stack = vec![root.clone()];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else {
+                    let rel = path.strip_prefix(&root).unwrap();
+                    on_disk.push(rel.to_str().unwrap().to_owned());
+                }
+            }
+        }
+        on_disk.sort();
+        let mut built_in: Vec<String> = FILES.iter().map(|(n, _)| (*n).to_owned()).collect();
+        built_in.sort();
+        assert_eq!(built_in, on_disk);
+    }
+
+    #[test]
+    fn a_written_repository_validates_and_an_existing_one_is_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = dir.path().join("policies");
+        let td = TrustDomain::parse("example.org").unwrap();
+        assert!(ensure(&repo, &td).unwrap());
+        let mesh = std::fs::read_to_string(repo.join("mesh.cedar")).unwrap();
+        assert!(mesh.contains("spiffe://example.org/ns/mobile/sa/mobile-gateway"));
+        assert!(!mesh.contains("ward.local"));
+        ward_authz::Snapshot::load(&repo).unwrap();
+        std::fs::write(repo.join("mesh.cedar"), "// mine\n").unwrap();
+        assert!(!ensure(&repo, &td).unwrap());
+        assert_eq!(
+            std::fs::read_to_string(repo.join("mesh.cedar")).unwrap(),
+            "// mine\n"
+        );
+    }
+}
