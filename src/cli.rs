@@ -54,6 +54,9 @@ pub(crate) struct UpArgs {
     /// Configuration file (YAML); embedded defaults are used when omitted.
     #[arg(long, short = 'c', value_name = "FILE")]
     pub(crate) config: Option<PathBuf>,
+    /// How to print what runs where once everything listens: tables, or one line of JSON.
+    #[arg(long, value_enum, default_value_t = crate::output::Format::Table)]
+    pub(crate) format: crate::output::Format,
 }
 
 /// `ward config …`

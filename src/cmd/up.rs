@@ -20,7 +20,7 @@ use crate::cli::UpArgs;
 use crate::cmd::agent::{self, AgentArgs};
 use crate::config::{self, ConfigError, Env, Overrides, ProcessEnv};
 use crate::exit;
-use crate::output::Table;
+use crate::output::{Format, Table};
 use crate::signals::Signals;
 
 mod app;
@@ -106,7 +106,10 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     } else {
         None
     };
-    print_summary(&cfg, &trust_domain, &default_id, mesh.as_ref());
+    match args.format {
+        Format::Table => print_summary(&cfg, &trust_domain, &default_id, mesh.as_ref()),
+        Format::Json => print_json(&cfg, &trust_domain, &default_id, mesh.as_ref()),
+    }
 
     tokio::pin!(shutdown);
     let agent_result = loop {
@@ -136,6 +139,26 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         .context("Workload API server")?;
     mesh_result?;
     Ok(exit::OK)
+}
+
+/// What runs where as one line of JSON, for scripts that start `ward up` and read its stdout.
+fn print_json(cfg: &UpConfig, trust_domain: &TrustDomain, default_id: &str, mesh: Option<&Mesh>) {
+    let services: Vec<serde_json::Value> = mesh
+        .map(|mesh| mesh.to_json(trust_domain))
+        .unwrap_or_default();
+    let demo = mesh.is_some();
+    let value = serde_json::json!({
+        "trust_domain": trust_domain.to_string(),
+        "ca_dir": cfg.data_dir.join("ca"),
+        "workload_api": format!("unix://{}", cfg.data_dir.join("agent.sock").display()),
+        "default_spiffe_id": default_id,
+        "entries": cfg.data_dir.join("entries.yaml"),
+        "policies": demo.then(|| mesh::policies_dir(&cfg.data_dir)),
+        "audit_store": demo.then(|| mesh::audit_store(&cfg.data_dir)),
+        "services": services,
+    });
+    println!("{value}");
+    let _ = std::io::Write::flush(&mut std::io::stdout());
 }
 
 /// The table of what runs where, and commands to try.
@@ -174,7 +197,7 @@ fn print_summary(
             .row([
                 "audit log".to_owned(),
                 "one hash chain per service".to_owned(),
-                cfg.data_dir.join("audit.db").display().to_string(),
+                mesh::audit_store(&cfg.data_dir),
             ]);
     }
     print!("{}", table.render());

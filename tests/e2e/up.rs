@@ -156,40 +156,38 @@ fn up_refuses_a_data_dir_whose_ca_is_for_another_trust_domain() {
         .stderr(predicates::str::contains("is for trust domain `other.org`"));
 }
 
-/// Starts `ward up` and returns once it has printed its summary, with the summary's lines.
-fn start_mesh(dir: &Path) -> (Up, Vec<String>) {
-    let mut child = command(dir).stdout(Stdio::piped()).spawn().unwrap();
+/// Starts `ward up --format json` and returns its summary once everything listens.
+fn start_mesh(dir: &Path) -> (Up, serde_json::Value) {
+    let mut child = command(dir)
+        .args(["--format", "json"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     let stdout = child.stdout.take().unwrap();
     let up = Up(child);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            if tx.send(line.unwrap()).is_err() {
-                break;
-            }
-        }
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
     });
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut lines = Vec::new();
-    loop {
-        let line = rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .unwrap_or_else(|e| panic!("no summary from ward up ({e}); so far: {lines:#?}"));
-        let done = line.starts_with("SPIFFE clients:");
-        lines.push(line);
-        if done {
-            return (up, lines);
-        }
-    }
+    let line = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("ward up printed its summary in time");
+    let summary = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+    (up, summary)
 }
 
-/// The outbound listener of `service`'s proxy, from the summary's services table.
-fn outbound(lines: &[String], service: &str) -> SocketAddr {
-    lines
+/// The outbound listener of `service`'s proxy, from the summary.
+fn outbound(summary: &serde_json::Value, service: &str) -> SocketAddr {
+    summary["services"]
+        .as_array()
+        .unwrap()
         .iter()
-        .map(|l| l.split_whitespace().collect::<Vec<_>>())
-        .find(|cols| cols.first() == Some(&service) && cols.len() == 5)
-        .unwrap_or_else(|| panic!("no row for {service} in {lines:#?}"))[3]
+        .find(|s| s["name"] == service)
+        .unwrap_or_else(|| panic!("no {service} in {summary}"))["outbound"]
+        .as_str()
+        .unwrap()
         .parse()
         .unwrap()
 }
@@ -216,9 +214,15 @@ async fn get(proxy: SocketAddr, host: &str, path: &str) -> (u16, String) {
 #[tokio::test]
 async fn up_runs_the_demo_mesh_and_its_decisions_are_audited() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut up, lines) = start_mesh(dir.path());
-    let gateway = outbound(&lines, "mobile-gateway");
-    let checkout = outbound(&lines, "checkout-api");
+    let (mut up, summary) = start_mesh(dir.path());
+    assert_eq!(summary["trust_domain"], "ward.local");
+    assert_eq!(
+        summary["services"].as_array().unwrap().len(),
+        6,
+        "{summary}"
+    );
+    let gateway = outbound(&summary, "mobile-gateway");
+    let checkout = outbound(&summary, "checkout-api");
 
     // Allowed: the app behind checkout-api sees the path and the caller the proxy verified.
     let (status, body) = get(gateway, "checkout-api", "/cart").await;

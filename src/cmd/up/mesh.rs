@@ -166,7 +166,7 @@ impl Mesh {
             }),
             policies: policies_dir(data_dir),
             audit: AuditConfig {
-                store: format!("sqlite://{}", data_dir.join("audit.db").display()),
+                store: audit_store(data_dir),
                 spool_dir: data_dir.join("audit-spool").join(service.name),
                 // One key signs every chain's checkpoints, where `ward audit verify` looks.
                 key: Some(data_dir.join("audit.key")),
@@ -214,6 +214,24 @@ impl Mesh {
         table
     }
 
+    /// One object per service: its id, its app and its proxy's listeners.
+    pub(crate) fn to_json(&self, trust_domain: &TrustDomain) -> Vec<serde_json::Value> {
+        SERVICES
+            .iter()
+            .zip(&self.services)
+            .map(|(service, (name, app, bound))| {
+                serde_json::json!({
+                    "name": name,
+                    "spiffe_id": spiffe_id(trust_domain, service),
+                    "app": app,
+                    "inbound": bound.inbound,
+                    "outbound": bound.outbound,
+                    "admin": bound.admin,
+                })
+            })
+            .collect()
+    }
+
     /// Commands that show an allowed call, a denied one and the audit records of both.
     pub(crate) fn try_lines(&self, data_dir: &Path) -> Vec<String> {
         let Some(gateway) = self
@@ -231,8 +249,8 @@ impl Mesh {
                 "  curl -x http://{gateway} http://orders-api/orders      # 403: denied by policy"
             ),
             format!(
-                "  ward audit query --store sqlite://{} --since 10m   # both decisions",
-                data_dir.join("audit.db").display()
+                "  ward audit query --store {} --since 10m   # both decisions",
+                audit_store(data_dir)
             ),
         ]
     }
@@ -279,6 +297,11 @@ impl Drop for Mesh {
             app.abort();
         }
     }
+}
+
+/// The audit store every demo proxy writes to.
+pub(crate) fn audit_store(data_dir: &Path) -> String {
+    format!("sqlite://{}", data_dir.join("audit.db").display())
 }
 
 /// Where `ward up` keeps the demo policies.
