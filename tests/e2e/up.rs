@@ -7,7 +7,7 @@
 use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -156,15 +156,20 @@ fn up_refuses_a_data_dir_whose_ca_is_for_another_trust_domain() {
         .stderr(predicates::str::contains("is for trust domain `other.org`"));
 }
 
-/// Starts `ward up --format json` and returns its summary once everything listens.
-fn start_mesh(dir: &Path) -> (Up, serde_json::Value) {
+/// Starts `ward up ARGS…` with its stdout piped to the test.
+fn start_piped(dir: &Path, args: &[&str]) -> (Up, ChildStdout) {
     let mut child = command(dir)
-        .args(["--format", "json"])
+        .args(args)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
-    let up = Up(child);
+    (Up(child), stdout)
+}
+
+/// Starts `ward up --format json` and returns its summary once everything listens.
+fn start_mesh(dir: &Path) -> (Up, serde_json::Value) {
+    let (up, stdout) = start_piped(dir, &["--format", "json"]);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut line = String::new();
@@ -292,13 +297,7 @@ async fn up_runs_the_demo_mesh_and_its_decisions_are_audited() {
 fn up_without_the_demo_runs_no_proxies() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("up.yaml"), "demo: false\n").unwrap();
-    let mut child = command(dir.path())
-        .args(["--config", "up.yaml"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let _up = Up(child);
+    let (_up, stdout) = start_piped(dir.path(), &["--config", "up.yaml"]);
     let mut summary = String::new();
     for line in BufReader::new(stdout).lines() {
         let line = line.unwrap();
