@@ -58,7 +58,7 @@ pub mod proto {
 
 pub use attest::{Attestor, PeerCred, Selectors};
 pub use entries::{Entries, EntriesError, Entry};
-pub use server::Server;
+pub use server::{Listening, Server};
 
 /// The metadata key every Workload API call must carry, with the value [`SECURITY_HEADER_VALUE`].
 pub const SECURITY_HEADER: &str = "workload.spiffe.io";

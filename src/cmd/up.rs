@@ -7,12 +7,14 @@
 //! in `<data_dir>/policies` and auditing to `<data_dir>/audit.db`. Gateways and the control
 //! plane join here as their crates land.
 
+use std::future::Future;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 use serde::Deserialize;
+use tokio::task::JoinHandle;
 use ward_identity::ca::{self, InitOptions};
 use ward_identity::{Ca, SvidSource as _, TrustDomain};
 
@@ -41,6 +43,16 @@ pub(crate) struct UpConfig {
     pub(crate) demo: bool,
 }
 
+/// What `ward up` runs once it has started.
+struct Running {
+    agent: JoinHandle<Result<(), ward_identity::workload_api::Error>>,
+    stop_agent: tokio::sync::watch::Sender<bool>,
+    reloader: agent::Reloader,
+    mesh: Option<Mesh>,
+}
+
+// === impl UpConfig ===
+
 impl Default for UpConfig {
     fn default() -> Self {
         Self {
@@ -55,6 +67,45 @@ impl Overrides for UpConfig {
     fn apply_env(&mut self, env: &dyn Env) -> Result<(), ConfigError> {
         config::override_path(env, config::ENV_DATA_DIR, &mut self.data_dir);
         Ok(())
+    }
+}
+
+// === impl Running ===
+
+impl Running {
+    /// Serves until `shutdown` (or until the Workload API fails), reloading on SIGHUP; then
+    /// drains the proxies first, while the Workload API still serves their SVIDs, and stops it.
+    async fn serve(
+        mut self,
+        mut hangup: tokio::signal::unix::Signal,
+        shutdown: impl Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        tokio::pin!(shutdown);
+        let agent_result = loop {
+            tokio::select! {
+                () = &mut shutdown => break None,
+                result = &mut self.agent => break Some(result),
+                _ = hangup.recv() => {
+                    self.reloader.reload();
+                    if let Some(mesh) = &self.mesh {
+                        mesh.reload_policies();
+                    }
+                }
+            }
+        };
+        let mesh_result = match self.mesh {
+            Some(mesh) => mesh.stop().await,
+            None => Ok(()),
+        };
+        self.stop_agent.send_replace(true);
+        let agent_result = match agent_result {
+            Some(result) => result,
+            None => self.agent.await,
+        };
+        agent_result
+            .context("the Workload API task panicked")?
+            .context("Workload API server")?;
+        mesh_result
     }
 }
 
@@ -84,14 +135,16 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let agent_args = AgentArgs {
         config: None,
         socket: Some(socket.clone()),
-        ca_dir: Some(ca_dir.clone()),
-        entries: Some(entries.clone()),
+        ca_dir: Some(ca_dir),
+        entries: Some(entries),
     };
     let (server, reloader) = agent::build(&agent_args, demo_entries)?;
-    // Handlers first, so a signal sent as soon as the table is printed is not lost.
-    let (mut hangup, shutdown) = Signals::install()?.split();
+    // Handlers before the socket exists, so a signal sent as soon as it appears is not lost;
+    // the socket before the mesh, so one in use fails here and not after the table.
+    let (hangup, shutdown) = Signals::install()?.split();
+    let listening = server.bind().context("Workload API server")?;
     let (stop_agent, mut agent_stopped) = tokio::sync::watch::channel(false);
-    let mut agent = tokio::spawn(server.run(async move {
+    let agent = tokio::spawn(listening.run(async move {
         let _ = agent_stopped.wait_for(|stop| *stop).await;
     }));
     let mesh = if cfg.demo {
@@ -110,34 +163,13 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         Format::Table => print_summary(&cfg, &trust_domain, &default_id, mesh.as_ref()),
         Format::Json => print_json(&cfg, &trust_domain, &default_id, mesh.as_ref()),
     }
-
-    tokio::pin!(shutdown);
-    let agent_result = loop {
-        tokio::select! {
-            () = &mut shutdown => break None,
-            result = &mut agent => break Some(result),
-            _ = hangup.recv() => {
-                reloader.reload();
-                if let Some(mesh) = &mesh {
-                    mesh.reload_policies();
-                }
-            }
-        }
+    let running = Running {
+        agent,
+        stop_agent,
+        reloader,
+        mesh,
     };
-    // The proxies drain first; the agent keeps serving their SVIDs until they are done.
-    let mesh_result = match mesh {
-        Some(mesh) => mesh.stop().await,
-        None => Ok(()),
-    };
-    stop_agent.send_replace(true);
-    let agent_result = match agent_result {
-        Some(result) => result,
-        None => agent.await,
-    };
-    agent_result
-        .context("the Workload API task panicked")?
-        .context("Workload API server")?;
-    mesh_result?;
+    running.serve(hangup, shutdown).await?;
     Ok(exit::OK)
 }
 

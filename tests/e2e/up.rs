@@ -250,6 +250,18 @@ async fn up_runs_the_demo_mesh_and_its_decisions_are_audited() {
         "{body}"
     );
 
+    // A second `ward up` on the same data dir fails before it starts any proxy.
+    crate::support::ward()
+        .arg("up")
+        .current_dir(dir.path())
+        .timeout(Duration::from_secs(30))
+        .assert()
+        .code(1)
+        .stdout("")
+        .stderr(predicates::str::contains(
+            "is in use by another Workload API server",
+        ));
+
     crate::support::signal(&up.0, "TERM");
     let status = crate::support::wait_exit(&mut up.0, Duration::from_secs(30), String::new).await;
     assert!(status.success(), "{status}");

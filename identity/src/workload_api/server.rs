@@ -28,6 +28,13 @@ pub struct Server {
     source: watch::Receiver<Arc<dyn SvidSource>>,
 }
 
+/// A [`Server`] whose socket is bound.
+#[derive(Debug)]
+pub struct Listening {
+    server: Server,
+    listener: UnixListener,
+}
+
 // === impl Server ===
 
 impl Server {
@@ -64,17 +71,18 @@ impl Server {
     /// Binds the socket and serves until `shutdown` completes; then closes open streams, waits
     /// up to [`Config::drain_timeout`] for in-flight calls, and removes the socket.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), Error> {
-        let path = self.cfg.socket.clone();
-        let listener = bind(&path)?;
-        tracing::info!(socket = %path.display(), entries = self.entries.len(), "Workload API listening");
-        let result = self.serve(listener, shutdown).await;
-        if let Err(err) = std::fs::remove_file(&path)
-            && err.kind() != std::io::ErrorKind::NotFound
-        {
-            tracing::warn!(socket = %path.display(), error = %err, "could not remove the socket");
-        }
-        tracing::info!("Workload API stopped");
-        result
+        self.bind()?.run(shutdown).await
+    }
+
+    /// Binds the socket now, so that a caller learns of a socket in use before it starts
+    /// anything that depends on this server (inside a tokio runtime).
+    pub fn bind(self) -> Result<Listening, Error> {
+        let listener = bind(&self.cfg.socket)?;
+        tracing::info!(socket = %self.cfg.socket.display(), entries = self.entries.len(), "Workload API listening");
+        Ok(Listening {
+            server: self,
+            listener,
+        })
     }
 
     async fn serve(
@@ -112,6 +120,23 @@ impl Server {
                 Ok(())
             }
         }
+    }
+}
+
+// === impl Listening ===
+
+impl Listening {
+    /// Serves until `shutdown` completes, as [`Server::run`] does after binding.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), Error> {
+        let path = self.server.cfg.socket.clone();
+        let result = self.server.serve(self.listener, shutdown).await;
+        if let Err(err) = std::fs::remove_file(&path)
+            && err.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(socket = %path.display(), error = %err, "could not remove the socket");
+        }
+        tracing::info!("Workload API stopped");
+        result
     }
 }
 
