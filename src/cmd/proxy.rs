@@ -68,15 +68,7 @@ pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     let cfg = load(&args.config, &ProcessEnv).map_err(exit::bad_input)?;
     // Handlers first, so a signal sent as soon as the addresses are printed is not lost.
     let (mut hangup, shutdown) = Signals::install()?.split();
-    let proxy = Proxy::build(cfg).await.map_err(|err| match err {
-        ward_proxy::Error::Config(_)
-        | ward_proxy::Error::Policies(_)
-        | ward_proxy::Error::Identity(ward_proxy::IdentityError::Read { .. })
-        | ward_proxy::Error::Identity(ward_proxy::IdentityError::Parse { .. }) => {
-            exit::bad_input(err)
-        }
-        other => anyhow::Error::new(other),
-    })?;
+    let proxy = Proxy::build(cfg).await.map_err(build_error)?;
     let bound = proxy.bound();
     let mut stdout = std::io::stdout();
     writeln!(
@@ -97,6 +89,20 @@ pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     reloads.abort();
     result.context("proxy")?;
     Ok(exit::OK)
+}
+
+/// A proxy that failed to start: what the user's files got wrong is bad input (exit 2), the
+/// rest (a port in use, no SVID in time) a runtime failure.
+pub(crate) fn build_error(err: ward_proxy::Error) -> anyhow::Error {
+    match err {
+        ward_proxy::Error::Config(_)
+        | ward_proxy::Error::Policies(_)
+        | ward_proxy::Error::Identity(ward_proxy::IdentityError::Read { .. })
+        | ward_proxy::Error::Identity(ward_proxy::IdentityError::Parse { .. }) => {
+            exit::bad_input(err)
+        }
+        other => anyhow::Error::new(other),
+    }
 }
 
 /// SIGHUP: policies and identity files again; failures keep the current state.

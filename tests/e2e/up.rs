@@ -323,3 +323,35 @@ fn up_without_the_demo_runs_no_proxies() {
     assert!(!summary.contains("mobile-gateway"), "{summary}");
     assert!(!dir.path().join("ward-data/policies").exists());
 }
+
+#[test]
+fn up_with_a_broken_policy_file_names_it_once_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("ward-data/policies");
+    std::fs::create_dir_all(&repo).unwrap();
+    let schema = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/schema.cedarschema");
+    std::fs::copy(schema, repo.join("schema.cedarschema")).unwrap();
+    std::fs::write(
+        repo.join("mesh.cedar"),
+        "permit (principal, action, resource\n",
+    )
+    .unwrap();
+    let out = crate::support::ward()
+        .arg("up")
+        .current_dir(dir.path())
+        .timeout(Duration::from_secs(60))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(out.stdout.is_empty(), "{out:?}");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let error = stderr
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(
+        error.starts_with("error: starting the proxy of inventory-svc: policies: "),
+        "{error}"
+    );
+    assert_eq!(error.matches("mesh.cedar:").count(), 1, "{error}");
+}

@@ -19,6 +19,7 @@ use ward_proxy::config::{
 use ward_proxy::{Bound, Config, Proxy, ProxyInputs};
 
 use super::app;
+use crate::cmd::proxy;
 use crate::output::Table;
 
 /// One service of the demo mesh.
@@ -126,9 +127,9 @@ impl Mesh {
             let (app_addr, app) = app::spawn(service.name).await?;
             mesh.apps.push(app);
             let cfg = mesh.proxy_config(service, app_addr, data_dir, trust_domain, socket)?;
-            let proxy = Proxy::build(cfg)
-                .await
-                .with_context(|| format!("starting the proxy of {}", service.name))?;
+            let proxy = Proxy::build(cfg).await.map_err(|err| {
+                proxy::build_error(err).context(format!("starting the proxy of {}", service.name))
+            })?;
             mesh.services.push((service.name, app_addr, proxy.bound()));
             mesh.inputs.push(proxy.inputs());
             let mut stopped = mesh.stop.subscribe();
