@@ -69,7 +69,7 @@ const SERVICES: &[Service] = &[
 /// The running demo mesh.
 pub(crate) struct Mesh {
     /// Per service, in start order: its name, its app's address and its proxy's listeners.
-    pub(crate) services: Vec<(&'static str, SocketAddr, Bound)>,
+    services: Vec<(&'static str, SocketAddr, Bound)>,
     proxies: Vec<JoinHandle<Result<(), ward_proxy::Error>>>,
     inputs: Vec<Arc<ProxyInputs>>,
     apps: Vec<JoinHandle<()>>,
