@@ -167,7 +167,7 @@ impl Db {
                     source,
                 })?;
             }
-            let url = format!("sqlite://{path}?mode=rwc");
+            let url = format!("sqlite://{}?mode=rwc", url_path(path));
             // An in-memory database is private to its connection: a second pool would write
             // into a database of its own, so such a store keeps writing through `Any`.
             if path != ":memory:" {
@@ -564,9 +564,46 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// `path` as the path of a `sqlite://` URL: the path is taken as written, and sqlx parses the
+/// URL (the `Any` driver as a URL, where a space or `:` in the first segment is an error, and
+/// SQLite's own options percent-decoding it), so every byte but unreserved ones and `/` is
+/// percent-encoded.
+fn url_path(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for byte in path.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~/".contains(&byte) {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sqlite_path_is_percent_encoded_for_the_url() {
+        assert_eq!(url_path("ward-data/audit.db"), "ward-data/audit.db");
+        assert_eq!(
+            url_path("my data/a:b#c?d%e/ü.db"),
+            "my%20data/a%3Ab%23c%3Fd%25e/%C3%BC.db"
+        );
+    }
+
+    #[test]
+    fn a_relative_sqlite_path_with_a_space_makes_a_url_sqlx_reads_back() {
+        sqlx::any::install_default_drivers();
+        // `ward up` with `data_dir: "my data"`: the first segment parses as the URL's host.
+        let raw = "my data:1/audit.db";
+        assert!(AnyConnectOptions::from_str(&format!("sqlite://{raw}?mode=rwc")).is_err());
+        let url = format!("sqlite://{}?mode=rwc", url_path(raw));
+        AnyConnectOptions::from_str(&url).unwrap();
+        let options = sqlx::sqlite::SqliteConnectOptions::from_str(&url).unwrap();
+        assert_eq!(options.get_filename(), Path::new(raw));
+    }
 
     #[test]
     fn the_policies_column_brackets_every_id_with_commas() {
