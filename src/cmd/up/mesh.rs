@@ -251,7 +251,7 @@ impl Mesh {
             ),
             format!(
                 "  ward audit query --store {} --since 10m   # both decisions",
-                audit_store(data_dir)
+                shell_word(&audit_store(data_dir))
             ),
         ]
     }
@@ -300,6 +300,16 @@ impl Drop for Mesh {
     }
 }
 
+/// `word` as one shell word: single-quoted when it holds anything but plain characters.
+fn shell_word(word: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-._/:=@%+,".contains(c);
+    if word.chars().all(plain) {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
 /// The audit store every demo proxy writes to.
 pub(crate) fn audit_store(data_dir: &Path) -> String {
     format!("sqlite://{}", data_dir.join("audit.db").display())
@@ -313,6 +323,18 @@ pub(crate) fn policies_dir(data_dir: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_store_url_is_quoted_for_the_shell_only_when_it_needs_it() {
+        assert_eq!(
+            shell_word("sqlite://ward-data/audit.db"),
+            "sqlite://ward-data/audit.db"
+        );
+        assert_eq!(
+            shell_word("sqlite://my data/it's.db"),
+            r"'sqlite://my data/it'\''s.db'"
+        );
+    }
 
     #[test]
     fn every_service_calls_only_services_that_start_before_it() {
