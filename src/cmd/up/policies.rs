@@ -78,16 +78,27 @@ pub(super) fn ensure(dir: &Path, trust_domain: &TrustDomain) -> anyhow::Result<b
         std::fs::remove_dir_all(&staging)
             .with_context(|| format!("removing `{}`", staging.display()))?;
     }
-    let prefix = format!("spiffe://{WRITTEN_FOR}/");
-    let ours = format!("spiffe://{trust_domain}/");
+    // Ids (`spiffe://ward.local/…`) and the trust-domain guardrail's literal
+    // (`principal.trust_domain == "ward.local"`); `login.ward.local` users stay as they are.
+    let replacements = [
+        (
+            format!("spiffe://{WRITTEN_FOR}/"),
+            format!("spiffe://{trust_domain}/"),
+        ),
+        (format!("\"{WRITTEN_FOR}\""), format!("\"{trust_domain}\"")),
+    ];
     for (name, text) in FILES {
         let path = staging.join(name);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)
                 .with_context(|| format!("creating `{}`", parent.display()))?;
         }
-        std::fs::write(&path, text.replace(&prefix, &ours))
-            .with_context(|| format!("writing `{}`", path.display()))?;
+        let text = replacements
+            .iter()
+            .fold((*text).to_owned(), |text, (from, to)| {
+                text.replace(from, to)
+            });
+        std::fs::write(&path, text).with_context(|| format!("writing `{}`", path.display()))?;
     }
     std::fs::rename(&staging, dir)
         .with_context(|| format!("renaming `{}` to `{}`", staging.display(), dir.display()))?;
@@ -129,7 +140,16 @@ mod tests {
         let mesh = std::fs::read_to_string(repo.join("mesh.cedar")).unwrap();
         assert!(mesh.contains("spiffe://example.org/ns/mobile/sa/mobile-gateway"));
         assert!(!mesh.contains("ward.local"));
-        ward_authz::Snapshot::load(&repo).unwrap();
+        // The repository's own tests still pass in the new trust domain, the guardrail that
+        // names the trust domain included.
+        let snapshot = ward_authz::Snapshot::load(&repo).unwrap();
+        let cases = ward_authz::policy_test::load(&repo).unwrap();
+        assert!(cases.len() > 10, "{}", cases.len());
+        let failed: Vec<_> = ward_authz::policy_test::run(&snapshot, &cases)
+            .into_iter()
+            .filter_map(|r| r.failure)
+            .collect();
+        assert!(failed.is_empty(), "{failed:#?}");
         std::fs::write(repo.join("mesh.cedar"), "// mine\n").unwrap();
         assert!(!ensure(&repo, &td).unwrap());
         assert_eq!(
