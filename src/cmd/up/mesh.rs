@@ -68,12 +68,19 @@ const SERVICES: &[Service] = &[
 
 /// The running demo mesh.
 pub(crate) struct Mesh {
-    /// Per service, in start order: its name, its app's address and its proxy's listeners.
-    services: Vec<(&'static str, SocketAddr, Bound)>,
-    proxies: Vec<JoinHandle<Result<(), ward_proxy::Error>>>,
-    inputs: Vec<Arc<ProxyInputs>>,
-    apps: Vec<JoinHandle<()>>,
+    /// In start order.
+    services: Vec<Started>,
     stop: watch::Sender<bool>,
+}
+
+/// One running service: its app and its proxy.
+struct Started {
+    service: &'static Service,
+    app: SocketAddr,
+    app_task: JoinHandle<()>,
+    bound: Bound,
+    inputs: Arc<ProxyInputs>,
+    proxy: JoinHandle<Result<(), ward_proxy::Error>>,
 }
 
 /// The SPIFFE id of a demo service.
@@ -117,28 +124,49 @@ impl Mesh {
         let (stop, _) = watch::channel(false);
         let mut mesh = Self {
             services: Vec::new(),
-            proxies: Vec::new(),
-            inputs: Vec::new(),
-            apps: Vec::new(),
             stop,
         };
         for service in SERVICES {
             // On an error `mesh` is dropped, which stops what already runs.
-            let (app_addr, app) = app::spawn(service.name).await?;
-            mesh.apps.push(app);
-            let cfg = mesh.proxy_config(service, app_addr, data_dir, trust_domain, socket)?;
-            let proxy = Proxy::build(cfg).await.map_err(|err| {
-                proxy::build_error(err).context(format!("starting the proxy of {}", service.name))
-            })?;
-            mesh.services.push((service.name, app_addr, proxy.bound()));
-            mesh.inputs.push(proxy.inputs());
+            let (app, app_task) = app::spawn(service.name).await?;
+            let started = mesh
+                .start_proxy(service, app, data_dir, trust_domain, socket)
+                .await;
+            let proxy = match started {
+                Ok(proxy) => proxy,
+                Err(err) => {
+                    app_task.abort();
+                    return Err(err);
+                }
+            };
             let mut stopped = mesh.stop.subscribe();
-            mesh.proxies
-                .push(tokio::spawn(proxy.wait_termination(async move {
+            mesh.services.push(Started {
+                service,
+                app,
+                app_task,
+                bound: proxy.bound(),
+                inputs: proxy.inputs(),
+                proxy: tokio::spawn(proxy.wait_termination(async move {
                     let _ = stopped.wait_for(|stop| *stop).await;
-                })));
+                })),
+            });
         }
         Ok(mesh)
+    }
+
+    /// Builds `service`'s proxy in front of its app at `app`.
+    async fn start_proxy(
+        &self,
+        service: &Service,
+        app: SocketAddr,
+        data_dir: &Path,
+        trust_domain: &TrustDomain,
+        socket: &Path,
+    ) -> anyhow::Result<Proxy> {
+        let cfg = self.proxy_config(service, app, data_dir, trust_domain, socket)?;
+        Proxy::build(cfg).await.map_err(|err| {
+            proxy::build_error(err).context(format!("starting the proxy of {}", service.name))
+        })
     }
 
     /// The configuration of `service`'s proxy; every service it calls is already running.
@@ -176,20 +204,19 @@ impl Mesh {
             ..Config::default()
         };
         for callee in service.calls {
-            let (target, bound) = SERVICES
+            let target = self
+                .services
                 .iter()
-                .zip(&self.services)
-                .find(|(s, _)| s.name == *callee)
-                .map(|(s, (_, _, bound))| (s, bound))
+                .find(|s| s.service.name == *callee)
                 .with_context(|| {
                     format!("{} calls {callee}, which is not running", service.name)
                 })?;
             cfg.registry.services.insert(
-                target.name.to_owned(),
+                target.service.name.to_owned(),
                 ServiceEntry {
                     endpoints: vec![EndpointEntry {
-                        address: bound.inbound,
-                        spiffe_id: spiffe_id(trust_domain, target),
+                        address: target.bound.inbound,
+                        spiffe_id: spiffe_id(trust_domain, target.service),
                         labels: Default::default(),
                     }],
                     subsets: Default::default(),
@@ -203,13 +230,13 @@ impl Mesh {
     /// One row per service: its identity, its app and its proxy's listeners.
     pub(crate) fn table(&self) -> Table {
         let mut table = Table::new(["service", "app", "inbound (mTLS)", "outbound", "admin"]);
-        for (name, app, bound) in &self.services {
+        for s in &self.services {
             table.row([
-                (*name).to_owned(),
-                app.to_string(),
-                bound.inbound.to_string(),
-                bound.outbound.to_string(),
-                bound.admin.to_string(),
+                s.service.name.to_owned(),
+                s.app.to_string(),
+                s.bound.inbound.to_string(),
+                s.bound.outbound.to_string(),
+                s.bound.admin.to_string(),
             ]);
         }
         table
@@ -217,17 +244,16 @@ impl Mesh {
 
     /// One object per service: its id, its app and its proxy's listeners.
     pub(crate) fn to_json(&self, trust_domain: &TrustDomain) -> Vec<serde_json::Value> {
-        SERVICES
+        self.services
             .iter()
-            .zip(&self.services)
-            .map(|(service, (name, app, bound))| {
+            .map(|s| {
                 serde_json::json!({
-                    "name": name,
-                    "spiffe_id": spiffe_id(trust_domain, service),
-                    "app": app,
-                    "inbound": bound.inbound,
-                    "outbound": bound.outbound,
-                    "admin": bound.admin,
+                    "name": s.service.name,
+                    "spiffe_id": spiffe_id(trust_domain, s.service),
+                    "app": s.app,
+                    "inbound": s.bound.inbound,
+                    "outbound": s.bound.outbound,
+                    "admin": s.bound.admin,
                 })
             })
             .collect()
@@ -238,8 +264,8 @@ impl Mesh {
         let Some(gateway) = self
             .services
             .iter()
-            .find(|(name, _, _)| *name == "mobile-gateway")
-            .map(|(_, _, bound)| bound.outbound)
+            .find(|s| s.service.name == "mobile-gateway")
+            .map(|s| s.bound.outbound)
         else {
             return Vec::new();
         };
@@ -259,8 +285,9 @@ impl Mesh {
     /// Reloads every proxy's policies (on SIGHUP); a repository that fails to load is logged
     /// and the proxies keep the policies they have.
     pub(crate) fn reload_policies(&self) {
-        for (inputs, (name, _, _)) in self.inputs.iter().zip(&self.services) {
-            match inputs.reload_policies() {
+        for s in &self.services {
+            let name = s.service.name;
+            match s.inputs.reload_policies() {
                 Ok(revision) => tracing::info!(service = name, %revision, "policies reloaded"),
                 Err(err) => tracing::error!(
                     service = name,
@@ -271,18 +298,18 @@ impl Mesh {
         }
     }
 
-    /// Stops every proxy (each drains its in-flight requests) and then the apps.
+    /// Stops every proxy (each drains its in-flight requests), then its app.
     pub(crate) async fn stop(mut self) -> anyhow::Result<()> {
         self.stop.send_replace(true);
         let mut first_error = None;
-        for (task, (name, _, _)) in std::mem::take(&mut self.proxies)
-            .into_iter()
-            .zip(&self.services)
-        {
-            let result = task
+        for s in std::mem::take(&mut self.services) {
+            let name = s.service.name;
+            let result = s
+                .proxy
                 .await
                 .context("a proxy task panicked")
                 .and_then(|r| r.with_context(|| format!("the proxy of {name}")));
+            s.app_task.abort();
             if let Err(err) = result {
                 first_error.get_or_insert(err);
             }
@@ -292,10 +319,11 @@ impl Mesh {
 }
 
 impl Drop for Mesh {
+    // A mesh dropped without `stop` (a later service failed to start): stop what runs.
     fn drop(&mut self) {
         self.stop.send_replace(true);
-        for app in &self.apps {
-            app.abort();
+        for s in &self.services {
+            s.app_task.abort();
         }
     }
 }
