@@ -66,6 +66,17 @@ pub(crate) struct Reloader {
     updater: SourceUpdater,
 }
 
+/// The agent's files under a data dir, where they are unless configured otherwise.
+#[derive(Debug, Clone)]
+pub(crate) struct Paths {
+    /// The Workload API socket.
+    pub(crate) socket: PathBuf,
+    /// The CA directory.
+    pub(crate) ca_dir: PathBuf,
+    /// The registration entries file.
+    pub(crate) entries: PathBuf,
+}
+
 /// The configuration with every path resolved.
 #[derive(Debug, Clone)]
 struct Resolved {
@@ -104,17 +115,29 @@ impl Overrides for AgentConfig {
 impl AgentConfig {
     /// Applies the command-line flags, then fills unset paths from `data_dir`.
     fn resolve(self, args: &AgentArgs) -> Resolved {
-        let pick = |flag: &Option<PathBuf>, field: Option<PathBuf>, default: &str| {
-            flag.clone()
-                .or(field)
-                .unwrap_or_else(|| self.data_dir.join(default))
+        let defaults = Paths::under(&self.data_dir);
+        let pick = |flag: &Option<PathBuf>, field: Option<PathBuf>, default: PathBuf| {
+            flag.clone().or(field).unwrap_or(default)
         };
         Resolved {
-            socket: pick(&args.socket, self.socket.clone(), "agent.sock"),
-            ca_dir: pick(&args.ca_dir, self.ca_dir.clone(), "ca"),
-            entries: pick(&args.entries, self.entries.clone(), "entries.yaml"),
+            socket: pick(&args.socket, self.socket, defaults.socket),
+            ca_dir: pick(&args.ca_dir, self.ca_dir, defaults.ca_dir),
+            entries: pick(&args.entries, self.entries, defaults.entries),
             default_ttl: self.default_ttl,
             jwt_ttl: self.jwt_ttl,
+        }
+    }
+}
+
+// === impl Paths ===
+
+impl Paths {
+    /// The default layout under `data_dir`.
+    pub(crate) fn under(data_dir: &std::path::Path) -> Self {
+        Self {
+            socket: data_dir.join("agent.sock"),
+            ca_dir: data_dir.join("ca"),
+            entries: data_dir.join("entries.yaml"),
         }
     }
 }

@@ -19,7 +19,7 @@ use ward_identity::ca::{self, InitOptions};
 use ward_identity::{Ca, SvidSource as _, TrustDomain};
 
 use crate::cli::UpArgs;
-use crate::cmd::agent::{self, AgentArgs};
+use crate::cmd::agent::{self, AgentArgs, Paths};
 use crate::config::{self, ConfigError, Env, Overrides, ProcessEnv};
 use crate::exit;
 use crate::output::{Format, Table};
@@ -41,6 +41,15 @@ pub(crate) struct UpConfig {
     pub(crate) trust_domain: String,
     /// Run the demo services behind their proxies (off: only the CA and the Workload API).
     pub(crate) demo: bool,
+}
+
+/// What `ward up` prints once everything listens.
+struct Summary<'a> {
+    data_dir: &'a Path,
+    paths: &'a Paths,
+    trust_domain: &'a TrustDomain,
+    default_id: &'a str,
+    mesh: Option<&'a Mesh>,
 }
 
 /// What `ward up` runs once it has started.
@@ -118,11 +127,9 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let trust_domain = TrustDomain::parse(&cfg.trust_domain).map_err(|e| {
         exit::bad_input(anyhow::anyhow!("trust_domain `{}`: {e}", cfg.trust_domain))
     })?;
-    let ca_dir = cfg.data_dir.join("ca");
-    let socket = cfg.data_dir.join("agent.sock");
-    let entries = cfg.data_dir.join("entries.yaml");
-    ensure_ca(&ca_dir, &trust_domain)?;
-    let (uid, default_id) = ensure_entries(&entries, &trust_domain)?;
+    let paths = Paths::under(&cfg.data_dir);
+    ensure_ca(&paths.ca_dir, &trust_domain)?;
+    let (uid, default_id) = ensure_entries(&paths.entries, &trust_domain)?;
     let demo_entries = if cfg.demo {
         if policies::ensure(&mesh::policies_dir(&cfg.data_dir), &trust_domain)? {
             tracing::info!("wrote the demo policy repository");
@@ -134,9 +141,9 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
 
     let agent_args = AgentArgs {
         config: None,
-        socket: Some(socket.clone()),
-        ca_dir: Some(ca_dir),
-        entries: Some(entries),
+        socket: Some(paths.socket.clone()),
+        ca_dir: Some(paths.ca_dir.clone()),
+        entries: Some(paths.entries.clone()),
     };
     let (server, reloader) = agent::build(&agent_args, demo_entries)?;
     // Handlers before the socket exists, so a signal sent as soon as it appears is not lost;
@@ -148,7 +155,7 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         let _ = agent_stopped.wait_for(|stop| *stop).await;
     }));
     let mesh = if cfg.demo {
-        match Mesh::start(&cfg.data_dir, &trust_domain, &socket).await {
+        match Mesh::start(&cfg.data_dir, &trust_domain, &paths.socket).await {
             Ok(mesh) => Some(mesh),
             Err(err) => {
                 stop_agent.send_replace(true);
@@ -159,9 +166,16 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     } else {
         None
     };
+    let summary = Summary {
+        data_dir: &cfg.data_dir,
+        paths: &paths,
+        trust_domain: &trust_domain,
+        default_id: &default_id,
+        mesh: mesh.as_ref(),
+    };
     match args.format {
-        Format::Table => print_summary(&cfg, &trust_domain, &default_id, mesh.as_ref()),
-        Format::Json => print_json(&cfg, &trust_domain, &default_id, mesh.as_ref()),
+        Format::Table => summary.print_tables(),
+        Format::Json => summary.print_json(),
     }
     let running = Running {
         agent,
@@ -173,79 +187,77 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     Ok(exit::OK)
 }
 
-/// What runs where as one line of JSON, for scripts that start `ward up` and read its stdout.
-fn print_json(cfg: &UpConfig, trust_domain: &TrustDomain, default_id: &str, mesh: Option<&Mesh>) {
-    let services: Vec<serde_json::Value> = mesh
-        .map(|mesh| mesh.to_json(trust_domain))
-        .unwrap_or_default();
-    let demo = mesh.is_some();
-    let value = serde_json::json!({
-        "trust_domain": trust_domain.to_string(),
-        "ca_dir": cfg.data_dir.join("ca"),
-        "workload_api": format!("unix://{}", cfg.data_dir.join("agent.sock").display()),
-        "default_spiffe_id": default_id,
-        "entries": cfg.data_dir.join("entries.yaml"),
-        "policies": demo.then(|| mesh::policies_dir(&cfg.data_dir)),
-        "audit_store": demo.then(|| mesh::audit_store(&cfg.data_dir)),
-        "services": services,
-    });
-    println!("{value}");
-    let _ = std::io::Write::flush(&mut std::io::stdout());
-}
+// === impl Summary ===
 
-/// The table of what runs where, and commands to try.
-fn print_summary(
-    cfg: &UpConfig,
-    trust_domain: &TrustDomain,
-    default_id: &str,
-    mesh: Option<&Mesh>,
-) {
-    let ca_dir = cfg.data_dir.join("ca");
-    let socket = cfg.data_dir.join("agent.sock");
-    let mut table = Table::new(["component", "state", "where"]);
-    table
-        .row([
-            "CA".to_owned(),
-            format!("trust domain {trust_domain}"),
-            ca_dir.display().to_string(),
-        ])
-        .row([
-            "Workload API".to_owned(),
-            "serving".to_owned(),
-            format!("unix://{}", socket.display()),
-        ])
-        .row([
-            "your processes".to_owned(),
-            format!("get {default_id}"),
-            cfg.data_dir.join("entries.yaml").display().to_string(),
-        ]);
-    if mesh.is_some() {
+impl Summary<'_> {
+    /// What runs where as one line of JSON, for scripts that start `ward up` and read stdout.
+    fn print_json(&self) {
+        let demo = self.mesh.is_some();
+        let value = serde_json::json!({
+            "trust_domain": self.trust_domain.to_string(),
+            "ca_dir": self.paths.ca_dir,
+            "workload_api": self.workload_api(),
+            "default_spiffe_id": self.default_id,
+            "entries": self.paths.entries,
+            "policies": demo.then(|| mesh::policies_dir(self.data_dir)),
+            "audit_store": demo.then(|| mesh::audit_store(self.data_dir)),
+            "services": self.mesh.map(|m| m.to_json(self.trust_domain)).unwrap_or_default(),
+        });
+        println!("{value}");
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+    }
+
+    /// The tables of what runs where, and commands to try.
+    fn print_tables(&self) {
+        let mut table = Table::new(["component", "state", "where"]);
         table
             .row([
-                "policies".to_owned(),
-                "loaded (SIGHUP reloads)".to_owned(),
-                mesh::policies_dir(&cfg.data_dir).display().to_string(),
+                "CA".to_owned(),
+                format!("trust domain {}", self.trust_domain),
+                self.paths.ca_dir.display().to_string(),
             ])
             .row([
-                "audit log".to_owned(),
-                "one hash chain per service".to_owned(),
-                mesh::audit_store(&cfg.data_dir),
+                "Workload API".to_owned(),
+                "serving".to_owned(),
+                self.workload_api(),
+            ])
+            .row([
+                "your processes".to_owned(),
+                format!("get {}", self.default_id),
+                self.paths.entries.display().to_string(),
             ]);
-    }
-    print!("{}", table.render());
-    if let Some(mesh) = mesh {
-        println!();
-        print!("{}", mesh.table().render());
-        println!();
-        for line in mesh.try_lines(&cfg.data_dir) {
-            println!("{line}");
+        if self.mesh.is_some() {
+            table
+                .row([
+                    "policies".to_owned(),
+                    "loaded (SIGHUP reloads)".to_owned(),
+                    mesh::policies_dir(self.data_dir).display().to_string(),
+                ])
+                .row([
+                    "audit log".to_owned(),
+                    "one hash chain per service".to_owned(),
+                    mesh::audit_store(self.data_dir),
+                ]);
         }
+        print!("{}", table.render());
+        if let Some(mesh) = self.mesh {
+            println!();
+            print!("{}", mesh.table().render());
+            println!();
+            for line in mesh.try_lines(self.data_dir) {
+                println!("{line}");
+            }
+        }
+        println!(
+            "SPIFFE clients: SPIFFE_ENDPOINT_SOCKET={}; stop with Ctrl-C",
+            self.workload_api()
+        );
+        let _ = std::io::Write::flush(&mut std::io::stdout());
     }
-    println!(
-        "SPIFFE clients: SPIFFE_ENDPOINT_SOCKET=unix://{}; stop with Ctrl-C",
-        socket.display()
-    );
-    let _ = std::io::Write::flush(&mut std::io::stdout());
+
+    fn workload_api(&self) -> String {
+        format!("unix://{}", self.paths.socket.display())
+    }
 }
 
 /// Loads the CA, creating it on first run; a CA of another trust domain is a config error.
