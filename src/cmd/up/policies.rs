@@ -9,61 +9,29 @@ use ward_identity::TrustDomain;
 /// The trust domain the repository's files name; replaced by the mesh's own when it differs.
 const WRITTEN_FOR: &str = "ward.local";
 
+/// Pairs each named file of `policies/` with its text, built into the binary.
+macro_rules! repository {
+    ($($name:literal,)*) => {
+        &[$(($name, include_str!(concat!("../../../policies/", $name))),)*]
+    };
+}
+
 /// Every file of `policies/`, by its path inside the repository.
-const FILES: &[(&str, &str)] = &[
-    (
-        "schema.cedarschema",
-        include_str!("../../../policies/schema.cedarschema"),
-    ),
-    ("mesh.cedar", include_str!("../../../policies/mesh.cedar")),
-    (
-        "guardrails.cedar",
-        include_str!("../../../policies/guardrails.cedar"),
-    ),
-    (
-        "tenants.cedar",
-        include_str!("../../../policies/tenants.cedar"),
-    ),
-    (
-        "egress.cedar",
-        include_str!("../../../policies/egress.cedar"),
-    ),
-    (
-        "entities/services.json",
-        include_str!("../../../policies/entities/services.json"),
-    ),
-    (
-        "entities/users.json",
-        include_str!("../../../policies/entities/users.json"),
-    ),
-    (
-        "routes/inventory-svc.yaml",
-        include_str!("../../../policies/routes/inventory-svc.yaml"),
-    ),
-    (
-        "routes/orders-api.yaml",
-        include_str!("../../../policies/routes/orders-api.yaml"),
-    ),
-    (
-        "routes/payments-svc.yaml",
-        include_str!("../../../policies/routes/payments-svc.yaml"),
-    ),
-    (
-        "routes/profile-svc.yaml",
-        include_str!("../../../policies/routes/profile-svc.yaml"),
-    ),
-    (
-        "tests/guardrails.yaml",
-        include_str!("../../../policies/tests/guardrails.yaml"),
-    ),
-    (
-        "tests/mesh.yaml",
-        include_str!("../../../policies/tests/mesh.yaml"),
-    ),
-    (
-        "tests/tenants.yaml",
-        include_str!("../../../policies/tests/tenants.yaml"),
-    ),
+const FILES: &[(&str, &str)] = repository![
+    "schema.cedarschema",
+    "mesh.cedar",
+    "guardrails.cedar",
+    "tenants.cedar",
+    "egress.cedar",
+    "entities/services.json",
+    "entities/users.json",
+    "routes/inventory-svc.yaml",
+    "routes/orders-api.yaml",
+    "routes/payments-svc.yaml",
+    "routes/profile-svc.yaml",
+    "tests/guardrails.yaml",
+    "tests/mesh.yaml",
+    "tests/tenants.yaml",
 ];
 
 /// Writes the repository to `dir` unless it exists; returns whether it wrote it. The files go
