@@ -201,7 +201,7 @@ impl Summary<'_> {
             "entries": self.paths.entries,
             "policies": demo.then(|| mesh::policies_dir(self.data_dir)),
             "audit_store": demo.then(|| mesh::audit_store(self.data_dir)),
-            "services": self.mesh.map(|m| m.to_json(self.trust_domain)).unwrap_or_default(),
+            "services": self.mesh.map(Mesh::to_json).unwrap_or_default(),
         });
         println!("{value}");
         let _ = std::io::Write::flush(&mut std::io::stdout());
@@ -244,7 +244,7 @@ impl Summary<'_> {
             println!();
             print!("{}", mesh.table().render());
             println!();
-            for line in mesh.try_lines(self.data_dir) {
+            for line in mesh.try_lines() {
                 println!("{line}");
             }
         }

@@ -71,6 +71,10 @@ pub(crate) struct Mesh {
     /// In start order.
     services: Vec<Started>,
     stop: watch::Sender<bool>,
+    data_dir: PathBuf,
+    trust_domain: TrustDomain,
+    /// The Workload API the proxies get their SVIDs from.
+    socket: PathBuf,
 }
 
 /// One running service: its app and its proxy.
@@ -125,14 +129,14 @@ impl Mesh {
         let mut mesh = Self {
             services: Vec::new(),
             stop,
+            data_dir: data_dir.to_owned(),
+            trust_domain: trust_domain.clone(),
+            socket: socket.to_owned(),
         };
         for service in SERVICES {
             // On an error `mesh` is dropped, which stops what already runs.
             let (app, app_task) = app::spawn(service.name).await?;
-            let started = mesh
-                .start_proxy(service, app, data_dir, trust_domain, socket)
-                .await;
-            let proxy = match started {
+            let proxy = match mesh.start_proxy(service, app).await {
                 Ok(proxy) => proxy,
                 Err(err) => {
                     app_task.abort();
@@ -155,29 +159,16 @@ impl Mesh {
     }
 
     /// Builds `service`'s proxy in front of its app at `app`.
-    async fn start_proxy(
-        &self,
-        service: &Service,
-        app: SocketAddr,
-        data_dir: &Path,
-        trust_domain: &TrustDomain,
-        socket: &Path,
-    ) -> anyhow::Result<Proxy> {
-        let cfg = self.proxy_config(service, app, data_dir, trust_domain, socket)?;
+    async fn start_proxy(&self, service: &Service, app: SocketAddr) -> anyhow::Result<Proxy> {
+        let cfg = self.proxy_config(service, app)?;
         Proxy::build(cfg).await.map_err(|err| {
             proxy::build_error(err).context(format!("starting the proxy of {}", service.name))
         })
     }
 
     /// The configuration of `service`'s proxy; every service it calls is already running.
-    fn proxy_config(
-        &self,
-        service: &Service,
-        app: SocketAddr,
-        data_dir: &Path,
-        trust_domain: &TrustDomain,
-        socket: &Path,
-    ) -> anyhow::Result<Config> {
+    fn proxy_config(&self, service: &Service, app: SocketAddr) -> anyhow::Result<Config> {
+        let (data_dir, trust_domain) = (self.data_dir.as_path(), &self.trust_domain);
         let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
         let mut cfg = Config {
             node: service.name.to_owned(),
@@ -189,7 +180,7 @@ impl Mesh {
             },
             app,
             identity: IdentityConfig::WorkloadApi(WorkloadApiIdentity {
-                socket: socket.to_owned(),
+                socket: self.socket.clone(),
                 spiffe_id: Some(spiffe_id(trust_domain, service)),
                 startup_timeout: DEFAULT_IDENTITY_WAIT,
             }),
@@ -243,13 +234,13 @@ impl Mesh {
     }
 
     /// One object per service: its id, its app and its proxy's listeners.
-    pub(crate) fn to_json(&self, trust_domain: &TrustDomain) -> Vec<serde_json::Value> {
+    pub(crate) fn to_json(&self) -> Vec<serde_json::Value> {
         self.services
             .iter()
             .map(|s| {
                 serde_json::json!({
                     "name": s.service.name,
-                    "spiffe_id": spiffe_id(trust_domain, s.service),
+                    "spiffe_id": spiffe_id(&self.trust_domain, s.service),
                     "app": s.app,
                     "inbound": s.bound.inbound,
                     "outbound": s.bound.outbound,
@@ -260,7 +251,7 @@ impl Mesh {
     }
 
     /// Commands that show an allowed call, a denied one and the audit records of both.
-    pub(crate) fn try_lines(&self, data_dir: &Path) -> Vec<String> {
+    pub(crate) fn try_lines(&self) -> Vec<String> {
         let Some(gateway) = self
             .services
             .iter()
@@ -277,7 +268,7 @@ impl Mesh {
             ),
             format!(
                 "  ward audit query --store {} --since 10m   # both decisions",
-                shell_word(&audit_store(data_dir))
+                shell_word(&audit_store(&self.data_dir))
             ),
         ]
     }
