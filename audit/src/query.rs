@@ -64,8 +64,15 @@ impl Filter {
         eq("end_user", &self.end_user);
         eq("action", &self.action);
         eq("resource", &self.resource);
-        eq("decision", &self.decision);
+        // The denies as a literal (not a bind), so the planner can use their partial index.
+        let denies = self.decision.as_deref() == Some("deny");
+        if !denies {
+            eq("decision", &self.decision);
+        }
         eq("request_id", &self.request_id);
+        if denies {
+            parts.push("decision = 'deny'".to_owned());
+        }
         if let Some(policy) = &self.policy {
             binds.push(Bind::Text(format!("%,{policy},%")));
             parts.push(format!("policies LIKE ${}", binds.len()));
@@ -93,13 +100,15 @@ impl Filter {
     }
 }
 
+/// A value bound to a query's `$N`.
 #[derive(Debug, Clone)]
-enum Bind {
+pub(crate) enum Bind {
     Text(String),
     Int(i64),
 }
 
-fn bind_all<'q>(
+/// `q` with `binds` bound in order.
+pub(crate) fn bind_all<'q>(
     mut q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
     binds: Vec<Bind>,
 ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
@@ -112,8 +121,8 @@ fn bind_all<'q>(
     q
 }
 
-/// Records matching `filter`, oldest first.
-pub async fn query(db: &Db, filter: &Filter) -> Result<Vec<ChainedRecord>, Error> {
+/// The SELECT behind [`query`] and its bind values.
+pub(crate) fn select(filter: &Filter) -> (String, Vec<Bind>) {
     let (clause, mut binds) = filter.clause();
     let mut sql = format!(
         "SELECT chain, seq, prev_hash, hash, body FROM audit_records{clause} ORDER BY time_ms, chain, seq"
@@ -122,6 +131,12 @@ pub async fn query(db: &Db, filter: &Filter) -> Result<Vec<ChainedRecord>, Error
     sql.push_str(&format!(" LIMIT ${}", binds.len()));
     binds.push(Bind::Int(filter.offset.unwrap_or(0)));
     sql.push_str(&format!(" OFFSET ${}", binds.len()));
+    (sql, binds)
+}
+
+/// Records matching `filter`, oldest first.
+pub async fn query(db: &Db, filter: &Filter) -> Result<Vec<ChainedRecord>, Error> {
+    let (sql, binds) = select(filter);
     let rows = bind_all(sqlx::query(AssertSqlSafe(sql)), binds)
         .fetch_all(db.pool())
         .await?;

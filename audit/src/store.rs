@@ -199,7 +199,9 @@ impl Db {
             .acquire_timeout(Duration::from_secs(5))
             .connect_with(options)
             .await?;
-        migrator(kind).run(&pool).await?;
+        Migrator::with_migrations(migrations(kind))
+            .run(&pool)
+            .await?;
         Ok(Self {
             pool,
             kind,
@@ -455,19 +457,34 @@ impl<'a> Columns<'a> {
     }
 }
 
-/// The store's migrations, embedded at build time.
-fn migrator(kind: DbKind) -> Migrator {
+/// The store's migrations, embedded at build time, oldest first.
+pub(crate) fn migrations(kind: DbKind) -> Vec<Migration> {
     let sql = match kind {
-        DbKind::Sqlite => include_str!("../migrations/sqlite/0001_audit.sql"),
-        DbKind::Postgres => include_str!("../migrations/postgres/0001_audit.sql"),
+        DbKind::Sqlite => [
+            include_str!("../migrations/sqlite/0001_audit.sql"),
+            include_str!("../migrations/sqlite/0002_deny_index.sql"),
+        ],
+        DbKind::Postgres => [
+            include_str!("../migrations/postgres/0001_audit.sql"),
+            include_str!("../migrations/postgres/0002_deny_index.sql"),
+        ],
     };
-    Migrator::with_migrations(vec![Migration::new(
-        1,
-        "audit records and checkpoints".into(),
-        MigrationType::Simple,
-        sql.into_sql_str(),
-        false,
-    )])
+    let names = [
+        "audit records and checkpoints",
+        "an index of the denies only",
+    ];
+    (1..)
+        .zip(sql.into_iter().zip(names))
+        .map(|(version, (sql, name))| {
+            Migration::new(
+                version,
+                name.into(),
+                MigrationType::Simple,
+                sql.into_sql_str(),
+                false,
+            )
+        })
+        .collect()
 }
 
 /// `,a,b,` so that `LIKE '%,a,%'` finds a policy id exactly.

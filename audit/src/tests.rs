@@ -6,12 +6,13 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use sqlx::Row;
+use sqlx::migrate::Migrator;
 
 use crate::chain::ChainedRecord;
 use crate::key::AuditKey;
 use crate::query::{self, Filter};
 use crate::record::{AuditRecord, Decision};
-use crate::store::{Db, Store};
+use crate::store::{self, Db, DbKind, Store};
 use crate::verify::{self, ChainReport, Finding};
 use crate::writer::{Auditor, Config};
 
@@ -204,6 +205,107 @@ async fn postgres_round_trip_and_verify() {
     let schema = PgSchema::new().await;
     let dir = tempfile::tempdir().unwrap();
     write_and_verify(Store::open(&schema.url()).await.unwrap(), &dir).await;
+}
+
+/// The names of the indexes on `audit_records` (the primary key's aside), sorted.
+async fn record_indexes(pool: &sqlx::AnyPool, kind: DbKind) -> Vec<String> {
+    let sql = match kind {
+        DbKind::Sqlite => {
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'audit_records' \
+             AND sql IS NOT NULL ORDER BY name"
+        }
+        DbKind::Postgres => {
+            "SELECT indexname::text FROM pg_indexes WHERE schemaname = current_schema() \
+             AND tablename = 'audit_records' AND indexname <> 'audit_records_pkey' ORDER BY 1"
+        }
+    };
+    sqlx::query_scalar(sql).fetch_all(pool).await.unwrap()
+}
+
+/// A store made before migration 2 gets the denies' partial index in place of the
+/// (decision, time) one when it is opened, and the records it held are found as before.
+async fn an_older_store_gets_the_deny_index(url: &str, kind: DbKind) {
+    sqlx::any::install_default_drivers();
+    let old = sqlx::any::AnyPoolOptions::new()
+        .max_connections(1)
+        .connect(&match kind {
+            DbKind::Sqlite => format!("{url}?mode=rwc"),
+            DbKind::Postgres => url.to_owned(),
+        })
+        .await
+        .unwrap();
+    Migrator::with_migrations(store::migrations(kind).into_iter().take(1).collect())
+        .run(&old)
+        .await
+        .unwrap();
+    let before = record_indexes(&old, kind).await;
+    assert!(
+        before.contains(&"audit_records_decision".to_owned()),
+        "{before:?}"
+    );
+    sqlx::query(
+        "INSERT INTO audit_records (chain, seq, id, time_ms, request_id, principal, action, \
+         resource, decision, bypass, mode, policies, body, prev_hash, hash) VALUES ('c', 1, 'i', \
+         1000, 'r', 'p', 'a', 'res', 'deny', 0, 'enforce', ',,', '{}', '0', 'h')",
+    )
+    .execute(&old)
+    .await
+    .unwrap();
+    old.close().await;
+
+    let store = Store::open(url).await.unwrap();
+    let db = store.db().unwrap();
+    let after = record_indexes(db.pool_for_tests(), kind).await;
+    assert!(
+        after.contains(&"audit_records_deny".to_owned()),
+        "{after:?}"
+    );
+    assert!(
+        !after.contains(&"audit_records_decision".to_owned()),
+        "{after:?}"
+    );
+    let denies = Filter {
+        decision: Some("deny".into()),
+        since_ms: Some(0),
+        ..Filter::default()
+    };
+    let found = query::query(db, &denies).await.unwrap();
+    assert_eq!(found.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1]);
+    let allows = Filter {
+        decision: Some("allow".into()),
+        ..Filter::default()
+    };
+    assert!(query::query(db, &allows).await.unwrap().is_empty());
+    if kind == DbKind::Sqlite {
+        let (sql, binds) = query::select(&denies);
+        let plan: Vec<String> = query::bind_all(
+            sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}"))),
+            binds,
+        )
+        .fetch_all(db.pool_for_tests())
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get::<String, _>(3))
+        .collect();
+        assert!(
+            plan.iter().any(|step| step.contains("audit_records_deny")),
+            "{plan:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn sqlite_older_store_gets_the_deny_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("audit.db").display());
+    an_older_store_gets_the_deny_index(&url, DbKind::Sqlite).await;
+}
+
+#[tokio::test]
+async fn postgres_older_store_gets_the_deny_index() {
+    let schema = PgSchema::new().await;
+    an_older_store_gets_the_deny_index(&schema.url(), DbKind::Postgres).await;
 }
 
 /// A batch replayed after an ambiguous failure, partly or wholly stored already, lands once.
