@@ -4,6 +4,7 @@
 #
 #   bench/proxy.sh                      # everything, 10 s per point (about 5 minutes)
 #   bench/proxy.sh --duration 5 --configs "direct envoy ward" --format json
+#   bench/proxy.sh --rounds 5 --configs "ward ward-no-audit"   # alternate, pool the rounds
 #
 # Everything listens on 127.0.0.1; every process the script starts is stopped when it exits.
 set -euo pipefail
@@ -15,6 +16,7 @@ ENVOY_VERSION="1.40.0"
 RESULTS_DIR="$ROOT/target/bench"
 
 DURATION=10
+ROUNDS=1
 RATES="1000 5000"
 SAT_THREADS=2
 SAT_CONNS=64
@@ -42,6 +44,9 @@ usage: bench/proxy.sh [options]
   --rates "R1 R2"      fixed rates in requests/s, multiples of $((LOADERS * PER_CLIENT_RPS)) (default "$RATES")
   --configs "A B …"    setups to run, from: $ALL_CONFIGS
                        (direct is always run: every other setup is compared with it)
+  --rounds N           run the setups N times in turn, each from a fresh start, and pool the
+                       rounds: latency percentiles of all requests, rps and CPU over all seconds
+                       (default $ROUNDS)
   --format table|json  what to print at the end (default table; both are saved under target/bench/)
   --no-build           use the existing target/PROFILE/ward
   --profile NAME       the cargo profile to build and run: release (default) or release-small
@@ -57,6 +62,7 @@ while (($# > 0)); do
         --duration) DURATION="$2"; shift 2 ;;
         --rates) RATES="$2"; shift 2 ;;
         --configs) CONFIGS="$2"; shift 2 ;;
+        --rounds) ROUNDS="$2"; shift 2 ;;
         --format) FORMAT="$2"; shift 2 ;;
         --no-build) BUILD=0; shift ;;
         --profile) PROFILE="$2"; shift 2 ;;
@@ -72,6 +78,7 @@ case "$FORMAT" in table | json) ;; *) echo "--format must be table or json" >&2;
 [[ -z "$AUDIT_FLUSH" || "$AUDIT_FLUSH" =~ ^[1-9][0-9]*(ms|s)$ ]] || { echo "--audit-flush must look like 10ms or 1s" >&2; exit 2; }
 [[ "$PROFILE" =~ ^[a-z][a-z0-9-]*$ ]] || { echo "--profile must be a cargo profile name, e.g. release-small" >&2; exit 2; }
 [[ "$DURATION" =~ ^[1-9][0-9]*$ ]] || { echo "--duration must be a whole number of seconds" >&2; exit 2; }
+[[ "$ROUNDS" =~ ^[1-9][0-9]?$ ]] || { echo "--rounds must be a whole number from 1 to 99" >&2; exit 2; }
 for rate in $RATES; do
     if ! [[ "$rate" =~ ^[1-9][0-9]*$ ]] || ((rate % (LOADERS * PER_CLIENT_RPS) != 0)); then
         echo "--rates: $rate is not a multiple of $((LOADERS * PER_CLIENT_RPS))" >&2
@@ -488,24 +495,18 @@ measure_rate() {
     for i in "${pids[@]}"; do wait "$i" || failed=1; done
     ((failed == 0)) || die "h2load failed: $(tail -n 5 "$WORK/h2load-0.out")"
     cpu_after="$(snapshot_cpu)"
+    # Every request's latency, kept for pooling the rounds (bench/proxy_report.py).
+    local lat_file="$WORK/latency/$cfg-rate-$rate-$ROUND.log"
+    mkdir -p "$WORK/latency"
+    cat "$WORK"/h2load-*.log >"$lat_file"
     local lat
-    lat="$(cat "$WORK"/h2load-*.log | python3 -c '
-import math, sys
-codes, times = [], []
-for line in sys.stdin:
-    start, status, elapsed = line.split()
-    codes.append(status)
-    times.append(int(elapsed))
-times.sort()
-pct = lambda p: times[max(0, math.ceil(p / 100 * len(times)) - 1)] if times else 0
-print(len(times), sum(c != "200" for c in codes), pct(50), pct(99), pct(99.9))
-')"
+    lat="$(python3 "$ROOT/bench/proxy_report.py" --latency "$lat_file")"
     local n errors p50 p99 p999
     read -r n errors p50 p99 p999 <<<"$lat"
     local rps
     rps="$(python3 -c "print(round($n / $DURATION, 1))")"
-    printf '%s\trate-%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$cfg" "$rate" "$rate" "$rps" "$p50" "$p99" "$p999" \
-        "$errors" "$DURATION" "$cpu_before" "$cpu_after" >>"$WORK/results.tsv"
+    printf '%s\trate-%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$cfg" "$rate" "$rate" "$rps" "$p50" "$p99" "$p999" \
+        "$errors" "$DURATION" "$cpu_before" "$cpu_after" "$ROUND" >>"$WORK/results.tsv"
     log "  $cfg @ $rate rps: got $rps rps, p50 ${p50} µs, p99 ${p99} µs, non-200 $errors ($((SECONDS - t0)) s)"
 }
 
@@ -535,14 +536,16 @@ measure_saturation() {
     errors=$((errors + ${line:-0}))
     line="$(awk '/Socket errors:/ { gsub(",", ""); print $4 + $6 + $8 + $10 }' "$out")"
     errors=$((errors + ${line:-0}))
-    printf '%s\tsaturation\t\t%s\t%s\t%s\t\t%s\t%s\t%s\t%s\n' "$cfg" "$rps" "$p50" "$p99" \
-        "$errors" "$DURATION" "$cpu_before" "$cpu_after" >>"$WORK/results.tsv"
+    printf '%s\tsaturation\t\t%s\t%s\t%s\t\t%s\t%s\t%s\t%s\t%s\n' "$cfg" "$rps" "$p50" "$p99" \
+        "$errors" "$DURATION" "$cpu_before" "$cpu_after" "$ROUND" >>"$WORK/results.tsv"
     log "  $cfg saturated: $rps rps, p50 ${p50} µs, p99 ${p99} µs, errors $errors"
 }
 
 run_config() {
     local cfg="$1" rate
-    log "setup $cfg"
+    if ((ROUNDS > 1)); then log "setup $cfg, round $ROUND of $ROUNDS"; else log "setup $cfg"; fi
+    # Every round starts from nothing: no audit store or spool left by an earlier one.
+    rm -rf "$WORK/$cfg-a" "$WORK/$cfg-b" "$SHM/audit-b.jsonl"
     start_config "$cfg"
     local idle
     idle="$(snapshot_mem VmRSS)"
@@ -550,7 +553,7 @@ run_config() {
     wrk -t1 -c8 -d2s -H 'Host: checkout-api' "$URL" >/dev/null 2>&1 || true
     for rate in $RATES; do measure_rate "$cfg" "$rate"; done
     measure_saturation "$cfg"
-    printf '%s\t%s\t%s\t%s\n' "$cfg" "$HOPS" "$idle" "$(snapshot_mem VmHWM)" >>"$WORK/setups.tsv"
+    printf '%s\t%s\t%s\t%s\t%s\n' "$cfg" "$HOPS" "$idle" "$(snapshot_mem VmHWM)" "$ROUND" >>"$WORK/setups.tsv"
     if [[ "$cfg" == ward || "$cfg" == ward-accesslog ]]; then
         python3 - "$WORK/$cfg-b/audit.db" "$cfg" <<'PY' >&2
 import sqlite3, sys
@@ -583,7 +586,9 @@ make_identities
 : >"$WORK/results.tsv"
 : >"$WORK/setups.tsv"
 started_at="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
-for cfg in $CONFIGS; do run_config "$cfg"; done
+for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
+    for cfg in $CONFIGS; do run_config "$cfg"; done
+done
 
 mkdir -p "$RESULTS_DIR"
 stamp="$(date -u +%Y%m%dT%H%M%SZ)"
@@ -593,7 +598,7 @@ for fmt in json table; do
         "saturation=wrk -t$SAT_THREADS -c$SAT_CONNS" "cpu=$(lscpu | sed -n 's/^Model name: *//p')" \
         "cores=$(nproc)" "envoy=$ENVOY_VERSION" "haproxy=$(haproxy -v | head -n 1)" \
         "ward=$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)" \
-        "audit_flush=${AUDIT_FLUSH:-100ms}" "profile=$PROFILE" \
+        "audit_flush=${AUDIT_FLUSH:-100ms}" "profile=$PROFILE" "rounds=$ROUNDS" \
         "symbol_order=$("$ROOT/bench/symbol-order.sh" --check "$WARD" 2>/dev/null | awk '{ print $1 "/" $3 }')" \
         >"$RESULTS_DIR/proxy-$stamp.$fmt"
 done

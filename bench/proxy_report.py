@@ -3,13 +3,23 @@
 
 Inputs in --work:
   results.tsv  setup, point, target rps, achieved rps, p50 µs, p99 µs, p99.9 µs, non-200/errors,
-               seconds, CPU ticks per proxy before ("name=ticks …"), after
-  setups.tsv   setup, hops, VmRSS per proxy after start ("name=kB …"), VmHWM per proxy at the end
+               seconds, CPU ticks per proxy before ("name=ticks …"), after, round
+  setups.tsv   setup, hops, VmRSS per proxy after start ("name=kB …"), VmHWM per proxy at the end,
+               round
+  latency/SETUP-rate-RATE-ROUND.log  h2load's log of every request of a fixed-rate point
+
+With several rounds (`--rounds`) each point is pooled: percentiles of every request of every
+round at the fixed rates (the median of the rounds' at saturation, where wrk keeps no log), rps
+and CPU over all rounds' seconds, the largest RSS. Each round's own figures stay under "rounds".
+
+`--latency FILE` prints "requests non-200 p50 p99 p99.9" of one h2load log instead.
 """
 
 import argparse
 import json
+import math
 import os
+import statistics
 import sys
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -19,37 +29,97 @@ def kv(text):
     return {k: int(v) for k, v in (p.split("=", 1) for p in text.split())} if text else {}
 
 
+def latency_stats(paths):
+    """(requests, non-200, p50, p99, p99.9) in µs over h2load logs ("start status elapsed")."""
+    times, errors = [], 0
+    for path in paths:
+        with open(path) as f:
+            for line in f:
+                _, status, elapsed = line.split()
+                errors += status != "200"
+                times.append(int(elapsed))
+    times.sort()
+    # nearest rank
+    pct = lambda p: times[max(0, math.ceil(p / 100 * len(times)) - 1)] if times else 0
+    return len(times), errors, pct(50), pct(99), pct(99.9)
+
+
+def cpu_of(rounds, rps):
+    """Per proxy: cores used over all the rounds' seconds, and % of one core per 1k rps."""
+    seconds = sum(r["seconds"] for r in rounds)
+    ticks = {}
+    for r in rounds:
+        for proc, t in r["after"].items():
+            ticks[proc] = ticks.get(proc, 0) + t - r["before"].get(proc, 0)
+    cpu = {}
+    for proc, t in ticks.items():
+        busy = t / CLK_TCK / seconds  # cores
+        cpu[proc] = {
+            "cores": round(busy, 3),
+            # % of one core per 1,000 requests/s (= µs of CPU per request / 10)
+            "pct_core_per_1k_rps": round(busy * 100 / (rps / 1000), 2) if rps else None,
+        }
+    return cpu
+
+
+def pool(work, name, point, rounds):
+    seconds = sum(r["seconds"] for r in rounds)
+    rps = round(sum(r["rps"] * r["seconds"] for r in rounds) / seconds, 1)
+    logs = [os.path.join(work, "latency", f"{name}-{point}-{r['round']}.log") for r in rounds]
+    if len(rounds) > 1 and point != "saturation" and all(os.path.exists(p) for p in logs):
+        _, _, p50, p99, p999 = latency_stats(logs)
+    else:
+        p50 = round(statistics.median(r["p50_us"] for r in rounds))
+        p99 = round(statistics.median(r["p99_us"] for r in rounds))
+        p999s = [r["p999_us"] for r in rounds if r["p999_us"] is not None]
+        p999 = round(statistics.median(p999s)) if p999s else None
+    out = {
+        "target_rps": rounds[0]["target_rps"],
+        "rps": rps,
+        "p50_us": p50,
+        "p99_us": p99,
+        "p999_us": p999,
+        "errors": sum(r["errors"] for r in rounds),
+        "seconds": seconds,
+        "cpu": cpu_of(rounds, rps),
+    }
+    if len(rounds) > 1:
+        out["rounds"] = [
+            {k: r[k] for k in ("round", "rps", "p50_us", "p99_us", "p999_us", "errors")}
+            | {"cpu": cpu_of([r], r["rps"])}
+            for r in rounds
+        ]
+    return out
+
+
 def load(work):
     setups = {}
     with open(os.path.join(work, "setups.tsv")) as f:
         for line in f:
             name, hops, idle, peak = (line.rstrip("\n").split("\t") + ["", ""])[:4]
-            setups[name] = {"hops": int(hops), "rss_idle_kb": kv(idle), "rss_peak_kb": kv(peak), "points": {}}
+            s = setups.setdefault(name, {"hops": int(hops), "rss_idle_kb": {}, "rss_peak_kb": {}, "points": {}})
+            # the largest of the rounds
+            for key, text in (("rss_idle_kb", idle), ("rss_peak_kb", peak)):
+                for proc, kb in kv(text).items():
+                    s[key][proc] = max(kb, s[key].get(proc, 0))
+    raw = {}
     with open(os.path.join(work, "results.tsv")) as f:
         for line in f:
             c = line.rstrip("\n").split("\t")
-            name, point = c[0], c[1]
-            seconds = float(c[8])
-            rps = float(c[3])
-            before, after = kv(c[9]), kv(c[10])
-            cpu = {}
-            for proc in after:
-                busy = (after[proc] - before.get(proc, 0)) / CLK_TCK / seconds  # cores
-                cpu[proc] = {
-                    "cores": round(busy, 3),
-                    # % of one core per 1,000 requests/s (= µs of CPU per request / 10)
-                    "pct_core_per_1k_rps": round(busy * 100 / (rps / 1000), 2) if rps else None,
-                }
-            setups[name]["points"][point] = {
+            raw.setdefault((c[0], c[1]), []).append({
+                "round": int(c[11]) if len(c) > 11 and c[11] else 1,
                 "target_rps": int(c[2]) if c[2] else None,
-                "rps": rps,
+                "rps": float(c[3]),
                 "p50_us": int(c[4]),
                 "p99_us": int(c[5]),
                 "p999_us": int(c[6]) if c[6] else None,
                 "errors": int(c[7]),
-                "seconds": seconds,
-                "cpu": cpu,
-            }
+                "seconds": float(c[8]),
+                "before": kv(c[9]),
+                "after": kv(c[10]),
+            })
+    for (name, point), rounds in raw.items():
+        setups[name]["points"][point] = pool(work, name, point, rounds)
     return setups
 
 
@@ -62,10 +132,18 @@ def derive(setups):
                 p["added_per_hop_p50_us"] = round((p["p50_us"] - d["p50_us"]) / s["hops"], 1)
                 p["added_per_hop_p99_us"] = round((p["p99_us"] - d["p99_us"]) / s["hops"], 1)
         sat = s["points"].get("saturation")
-        if sat and sat["cpu"]:
-            busiest = max(v["cores"] for v in sat["cpu"].values())
-            # requests/s one fully busy core of the busiest proxy would carry
-            sat["rps_per_busiest_core"] = round(sat["rps"] / busiest) if busiest else None
+        for p in [sat] + (sat.get("rounds", []) if sat else []):
+            if p and p["cpu"]:
+                busiest = max(v["cores"] for v in p["cpu"].values())
+                # requests/s one fully busy core of the busiest proxy would carry
+                p["rps_per_busiest_core"] = round(p["rps"] / busiest) if busiest else None
+
+
+def per_round(a, b, key):
+    """The ratio a / b of `key` in each round both points ran, when there were several."""
+    rb = {r["round"]: r for r in b.get("rounds", [])}
+    pairs = [(r[key], rb[r["round"]][key]) for r in a.get("rounds", []) if r["round"] in rb]
+    return [ratio(x, y) for x, y in pairs] or None
 
 
 def exact_ratio(a, b):
@@ -91,10 +169,14 @@ def at_least(a, b, limit):
 
 
 def goals(setups):
+    w, e = setups.get("ward"), setups.get("envoy")
+    if not w:
+        return []
+    return (envoy_goals(w, e, setups.get("haproxy")) if e else []) + audit_goals(w, setups)
+
+
+def envoy_goals(w, e, h):
     out = []
-    w, e, h = setups.get("ward"), setups.get("envoy"), setups.get("haproxy")
-    if not (w and e):
-        return out
     for point in w["points"]:
         if point == "saturation" or point not in e["points"]:
             continue
@@ -114,12 +196,14 @@ def goals(setups):
                     "envoy": es["rps"], "ratio": r, "met": at_least(ws["rps"], es["rps"], 2)})
         w_core, e_core = ws.get("rps_per_busiest_core"), es.get("rps_per_busiest_core")
         out.append({"goal": "max rps per worker core ≥ 2× Envoy", "ward": w_core, "envoy": e_core,
+                    "per_round": per_round(ws, es, "rps_per_busiest_core"),
                     "ratio": ratio(w_core, e_core), "met": at_least(w_core, e_core, 2)})
         hs = h and h["points"].get("saturation")
         if hs:
             h_core = hs.get("rps_per_busiest_core")
             out.append({"goal": "max rps per worker core ≥ 0.8× HAProxy (plain HTTP)",
                         "ward": w_core, "haproxy": h_core,
+                        "per_round": per_round(ws, hs, "rps_per_busiest_core"),
                         "ratio": ratio(w_core, h_core), "met": at_least(w_core, h_core, 0.8)})
     w_peak = max(w["rss_peak_kb"].values(), default=None)
     e_peak = max(e["rss_peak_kb"].values(), default=None)
@@ -131,6 +215,11 @@ def goals(setups):
     r = ratio(w_idle, e_idle)
     out.append({"goal": "RSS idle ≤ 0.5× Envoy and < 20 MB", "ward_kb": w_idle, "envoy_kb": e_idle,
                 "ratio": r, "met": at_most(w_idle, e_idle, 0.5) and w_idle < 20 * 1024})
+    return out
+
+
+def audit_goals(w, setups):
+    out = []
     for other, goal, limit in (("ward-no-audit", "audit on vs off: end-to-end p99 at {} ≤ 1.1×", 1.1),
                                ("ward-jsonl-audit", "audit in SQLite on disk vs JSONL on tmpfs: end-to-end p99 at {} (information)", None)):
         n = setups.get(other)
@@ -141,7 +230,8 @@ def goals(setups):
                 continue
             on, off = w["points"][point]["p99_us"], n["points"][point]["p99_us"]
             r = ratio(on, off)
-            out.append({"goal": goal.format(point), "ward": on, other: off, "ratio": r,
+            out.append({"goal": goal.format(point), "ward": on, other: off,
+                        "per_round": per_round(w["points"][point], n["points"][point], "p99_us"), "ratio": r,
                         "met": None if limit is None else at_most(on, off, limit)})
     return out
 
@@ -201,19 +291,26 @@ def render(setups, meta, goal_rows):
     if goal_rows:
         rows = []
         for g in goal_rows:
-            vals = ", ".join(f"{k}={fmt(v)}" for k, v in g.items() if k not in ("goal", "met", "ratio"))
+            vals = ", ".join(f"{k}={' / '.join(f'{x:.2f}' for x in v) if k == 'per_round' else fmt(v)}"
+                             for k, v in g.items() if k not in ("goal", "met", "ratio") and v is not None)
             rows.append([g["goal"], vals, "–" if g["ratio"] is None else f"{g['ratio']:.3f}", "–" if g["met"] is None else ("met" if g["met"] else "NOT met")])
-        out.append("Goals (issue 6), `ward` setup against `envoy` (and `haproxy`)")
+        out.append("Goals (issue 6), `ward` setup against `envoy` (and `haproxy`, `ward-no-audit`)")
         out.append(table(rows, ["goal", "values", "ratio", "result"]))
     return "\n".join(out) + "\n"
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--work", required=True)
+    ap.add_argument("--work")
+    ap.add_argument("--latency", help="print requests, non-200, p50, p99, p99.9 of one h2load log")
     ap.add_argument("--format", choices=["table", "json"], default="table")
     ap.add_argument("--meta", nargs="*", default=[])
     args = ap.parse_args()
+    if args.latency:
+        print(*latency_stats([args.latency]))
+        return
+    if not args.work:
+        ap.error("--work or --latency is required")
     meta = dict(m.split("=", 1) for m in args.meta)
     setups = load(args.work)
     derive(setups)
