@@ -202,11 +202,36 @@ impl Db {
         Migrator::with_migrations(migrations(kind))
             .run(&pool)
             .await?;
-        Ok(Self {
+        let db = Self {
             pool,
             kind,
             sqlite_writes,
-        })
+        };
+        for index in db.invalid_indexes().await? {
+            tracing::warn!(
+                %index,
+                "the audit store's index is invalid (an index build was interrupted): queries \
+                 cannot use it until `DROP INDEX CONCURRENTLY {index};` and a restart rebuild it"
+            );
+        }
+        Ok(db)
+    }
+
+    /// PostgreSQL indexes on the audit tables that an interrupted `CREATE INDEX CONCURRENTLY`
+    /// left invalid (SQLite builds its indexes in a transaction and never has any).
+    pub(crate) async fn invalid_indexes(&self) -> Result<Vec<String>, Error> {
+        if self.kind != DbKind::Postgres {
+            return Ok(Vec::new());
+        }
+        Ok(sqlx::query_scalar(
+            "SELECT i.relname::text FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid \
+             JOIN pg_class t ON t.oid = x.indrelid \
+             WHERE t.relnamespace = current_schema()::regnamespace \
+             AND t.relname IN ('audit_records', 'audit_checkpoints') AND NOT x.indisvalid \
+             ORDER BY 1",
+        )
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     /// Which database this is.
@@ -459,29 +484,48 @@ impl<'a> Columns<'a> {
 
 /// The store's migrations, embedded at build time, oldest first.
 pub(crate) fn migrations(kind: DbKind) -> Vec<Migration> {
-    let sql = match kind {
-        DbKind::Sqlite => [
-            include_str!("../migrations/sqlite/0001_audit.sql"),
-            include_str!("../migrations/sqlite/0002_deny_index.sql"),
+    // (file, name, whether it runs outside a transaction: PostgreSQL builds and drops indexes
+    // CONCURRENTLY only there)
+    let files: &[(&'static str, &'static str, bool)] = match kind {
+        DbKind::Sqlite => &[
+            (
+                include_str!("../migrations/sqlite/0001_audit.sql"),
+                "audit records and checkpoints",
+                false,
+            ),
+            (
+                include_str!("../migrations/sqlite/0002_deny_index.sql"),
+                "an index of the denies only",
+                false,
+            ),
         ],
-        DbKind::Postgres => [
-            include_str!("../migrations/postgres/0001_audit.sql"),
-            include_str!("../migrations/postgres/0002_deny_index.sql"),
+        DbKind::Postgres => &[
+            (
+                include_str!("../migrations/postgres/0001_audit.sql"),
+                "audit records and checkpoints",
+                false,
+            ),
+            (
+                include_str!("../migrations/postgres/0002_deny_index.sql"),
+                "an index of the denies only",
+                true,
+            ),
+            (
+                include_str!("../migrations/postgres/0003_no_decision_index.sql"),
+                "no index of every record by decision",
+                true,
+            ),
         ],
     };
-    let names = [
-        "audit records and checkpoints",
-        "an index of the denies only",
-    ];
     (1..)
-        .zip(sql.into_iter().zip(names))
-        .map(|(version, (sql, name))| {
+        .zip(files)
+        .map(|(version, &(sql, name, no_tx))| {
             Migration::new(
                 version,
                 name.into(),
                 MigrationType::Simple,
                 sql.into_sql_str(),
-                false,
+                no_tx,
             )
         })
         .collect()

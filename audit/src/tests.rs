@@ -306,6 +306,21 @@ async fn sqlite_older_store_gets_the_deny_index() {
 async fn postgres_older_store_gets_the_deny_index() {
     let schema = PgSchema::new().await;
     an_older_store_gets_the_deny_index(&schema.url(), DbKind::Postgres).await;
+    let db = Db::open(&schema.url()).await.unwrap();
+    assert!(db.invalid_indexes().await.unwrap().is_empty());
+    // What an interrupted CREATE INDEX CONCURRENTLY leaves (the test user is a superuser).
+    sqlx::query(
+        "UPDATE pg_index SET indisvalid = false WHERE indexrelid = \
+         (SELECT oid FROM pg_class WHERE relname = 'audit_records_deny' \
+          AND relnamespace = current_schema()::regnamespace)",
+    )
+    .execute(db.pool_for_tests())
+    .await
+    .unwrap();
+    assert_eq!(
+        db.invalid_indexes().await.unwrap(),
+        vec!["audit_records_deny".to_owned()]
+    );
 }
 
 /// A batch replayed after an ambiguous failure, partly or wholly stored already, lands once.

@@ -2,5 +2,10 @@
 -- by time instead of every record by (decision, time), so an allowed request's insert writes
 -- one index entry fewer. A query for denies names the decision as a literal (query.rs), which
 -- the planner needs to pick a partial index; a query for allows reads the time index.
-DROP INDEX IF EXISTS audit_records_decision;
-CREATE INDEX IF NOT EXISTS audit_records_deny ON audit_records (time_ms) WHERE decision = 'deny';
+--
+-- CONCURRENTLY, so that proxies still running the previous version keep inserting while a large
+-- table is indexed (a plain CREATE INDEX blocks inserts until it is done). It cannot run in a
+-- transaction, so this migration runs without one and holds this one statement (0003 drops the
+-- old index). If it is interrupted, PostgreSQL leaves an invalid index behind: drop it
+-- (`DROP INDEX CONCURRENTLY audit_records_deny`) and start again (docs/AUDIT.md).
+CREATE INDEX CONCURRENTLY IF NOT EXISTS audit_records_deny ON audit_records (time_ms) WHERE decision = 'deny';
