@@ -199,9 +199,16 @@ fn outbound(summary: &serde_json::Value, service: &str) -> SocketAddr {
 
 /// `GET http://{host}{path}` through the HTTP proxy at `proxy`: the status and the body.
 async fn get(proxy: SocketAddr, host: &str, path: &str) -> (u16, String) {
+    send(proxy, "GET", host, path).await
+}
+
+/// `{method} http://{host}{path}` (no body) through the HTTP proxy at `proxy`.
+async fn send(proxy: SocketAddr, method: &str, host: &str, path: &str) -> (u16, String) {
     let mut tcp = tokio::net::TcpStream::connect(proxy).await.unwrap();
-    let request =
-        format!("GET http://{host}{path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n");
+    let request = format!(
+        "{method} http://{host}{path} HTTP/1.1\r\nhost: {host}\r\ncontent-length: 0\r\n\
+         connection: close\r\n\r\n"
+    );
     tcp.write_all(request.as_bytes()).await.unwrap();
     let mut response = String::new();
     tcp.read_to_string(&mut response).await.unwrap();
@@ -250,6 +257,29 @@ async fn up_runs_the_demo_mesh_and_its_decisions_are_audited() {
         "{body}"
     );
 
+    // Checking out crosses four proxies: checkout-api's app places the order (orders-api's app
+    // reserves its items at inventory-svc) and charges for it, each call through its own proxy
+    // with the request id it was given.
+    let (status, body) = send(gateway, "POST", "checkout-api", "/checkout").await;
+    assert_eq!(status, 200, "{body}");
+    let checkout: serde_json::Value = serde_json::from_str(body.trim()).unwrap();
+    let request_id = checkout["request_id"].as_str().unwrap().to_owned();
+    let calls = &checkout["calls"];
+    assert_eq!(calls[0]["service"], "orders-api", "{checkout}");
+    assert_eq!(calls[0]["status"], 200, "{checkout}");
+    let reserve = &calls[0]["answer"]["calls"][0];
+    assert_eq!(reserve["service"], "inventory-svc", "{checkout}");
+    assert_eq!(reserve["status"], 200, "{checkout}");
+    assert_eq!(
+        reserve["answer"]["peer"],
+        "spiffe://ward.local/ns/orders/sa/orders-api"
+    );
+    assert_eq!(calls[1]["service"], "payments-svc", "{checkout}");
+    assert_eq!(calls[1]["status"], 200, "{checkout}");
+    for hop in [&calls[0]["answer"], &reserve["answer"], &calls[1]["answer"]] {
+        assert_eq!(hop["request_id"], request_id.as_str(), "{checkout}");
+    }
+
     // A second `ward up` on the same data dir fails before it starts any proxy.
     crate::support::ward()
         .arg("up")
@@ -284,11 +314,29 @@ async fn up_runs_the_demo_mesh_and_its_decisions_are_audited() {
             )
         })
         .collect();
-    assert_eq!(decisions.len(), 3, "{decisions:?}");
+    assert_eq!(decisions.len(), 7, "{decisions:?}");
+    let checkout_hops: Vec<_> = records
+        .iter()
+        .filter(|r| r["request_id"] == request_id.as_str())
+        .map(|r| r["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(checkout_hops.len(), 4, "{request_id} in {checkout_hops:?}");
+    for action in [
+        r#"Action::"orders:create""#,
+        r#"Action::"inventory:reserve""#,
+        r#"Action::"payments:charge""#,
+    ] {
+        assert!(
+            checkout_hops.contains(&action),
+            "{action} not in {checkout_hops:?}"
+        );
+    }
     for (principal, resource, decision) in [
         ("mobile-gateway", "checkout-api", "allow"),
         ("mobile-gateway", "orders-api", "deny"),
         ("checkout-api", "orders-api", "allow"),
+        ("orders-api", "inventory-svc", "allow"),
+        ("checkout-api", "payments-svc", "allow"),
     ] {
         assert!(
             decisions
@@ -303,6 +351,51 @@ async fn up_runs_the_demo_mesh_and_its_decisions_are_audited() {
         .assert()
         .success()
         .stdout(predicates::str::contains("intact"));
+}
+
+#[tokio::test]
+async fn up_reloads_policies_on_sighup_and_a_denied_onward_call_fails_the_checkout() {
+    let dir = tempfile::tempdir().unwrap();
+    let (up, summary) = start_mesh(dir.path());
+    let gateway = outbound(&summary, "mobile-gateway");
+    let (status, body) = send(gateway, "POST", "checkout-api", "/checkout").await;
+    assert_eq!(status, 200, "{body}");
+
+    // Take away checkout-api's permit to charge, the way an operator would: edit the repository
+    // `ward up` wrote, then SIGHUP.
+    let mesh = dir.path().join("ward-data/policies/mesh.cedar");
+    let text = std::fs::read_to_string(&mesh).unwrap();
+    let permit = text
+        .find(r#"@id("mesh-checkout-to-payments")"#)
+        .expect("the demo repository has the checkout → payments permit");
+    let end = permit + text[permit..].find(");").unwrap() + 2;
+    std::fs::write(&mesh, format!("{}{}", &text[..permit], &text[end..])).unwrap();
+    crate::support::signal(&up.0, "HUP");
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let checkout = loop {
+        let (status, body) = send(gateway, "POST", "checkout-api", "/checkout").await;
+        if status != 200 {
+            assert_eq!(status, 502, "{body}");
+            break serde_json::from_str::<serde_json::Value>(body.trim()).unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the policies were not reloaded: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // The order still went through; the charge was denied at payments-svc's proxy.
+    assert_eq!(checkout["calls"][0]["status"], 200, "{checkout}");
+    assert_eq!(
+        checkout["calls"][1]["service"], "payments-svc",
+        "{checkout}"
+    );
+    assert_eq!(checkout["calls"][1]["status"], 403, "{checkout}");
+    assert_eq!(
+        checkout["calls"][1]["answer"]["error"], "denied by policy",
+        "{checkout}"
+    );
 }
 
 #[test]

@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use anyhow::Context as _;
 use tokio::sync::watch;
@@ -18,7 +18,7 @@ use ward_proxy::config::{
 };
 use ward_proxy::{Bound, Config, Proxy, ProxyInputs};
 
-use super::app;
+use super::app::{self, Onward};
 use crate::cmd::proxy;
 use crate::output::Table;
 
@@ -28,6 +28,8 @@ struct Service {
     namespace: &'static str,
     /// The services its proxy can route to (each one earlier in [`SERVICES`]).
     calls: &'static [&'static str],
+    /// The calls its app makes while answering some requests (each to one of `calls`).
+    onward: &'static [Onward],
 }
 
 /// The services in start order: a proxy's registry needs the inbound address of every
@@ -37,32 +39,58 @@ const SERVICES: &[Service] = &[
         name: "inventory-svc",
         namespace: "inventory",
         calls: &[],
+        onward: &[],
     },
     Service {
         name: "payments-svc",
         namespace: "payments",
         calls: &[],
+        onward: &[],
     },
     Service {
         name: "profile-svc",
         namespace: "profile",
         calls: &[],
+        onward: &[],
     },
+    // Placing an order reserves its items.
     Service {
         name: "orders-api",
         namespace: "orders",
         calls: &["inventory-svc"],
+        onward: &[Onward {
+            on: ("POST", "/orders"),
+            service: "inventory-svc",
+            method: "POST",
+            path: "/reservations",
+        }],
     },
+    // Checking out places the order and charges for it: one request, four decisions.
     Service {
         name: "checkout-api",
         namespace: "checkout",
         calls: &["orders-api", "payments-svc"],
+        onward: &[
+            Onward {
+                on: ("POST", "/checkout"),
+                service: "orders-api",
+                method: "POST",
+                path: "/orders",
+            },
+            Onward {
+                on: ("POST", "/checkout"),
+                service: "payments-svc",
+                method: "POST",
+                path: "/charges",
+            },
+        ],
     },
     // orders-api is routable but no policy lets the gateway call it: the demo's deny.
     Service {
         name: "mobile-gateway",
         namespace: "mobile",
         calls: &["checkout-api", "profile-svc", "orders-api"],
+        onward: &[],
     },
 ];
 
@@ -135,7 +163,9 @@ impl Mesh {
         };
         for service in SERVICES {
             // On an error `mesh` is dropped, which stops what already runs.
-            let (app, app_task) = app::spawn(service.name).await?;
+            let outbound = Arc::new(OnceLock::new());
+            let (app, app_task) =
+                app::spawn(service.name, service.onward, outbound.clone()).await?;
             let proxy = match mesh.start_proxy(service, app).await {
                 Ok(proxy) => proxy,
                 Err(err) => {
@@ -143,6 +173,7 @@ impl Mesh {
                     return Err(err);
                 }
             };
+            let _ = outbound.set(proxy.bound().outbound);
             let mut stopped = mesh.stop.subscribe();
             mesh.services.push(Started {
                 service,
@@ -250,7 +281,8 @@ impl Mesh {
             .collect()
     }
 
-    /// Commands that show an allowed call, a denied one and the audit records of both.
+    /// Commands that show an allowed call, a denied one, a call that crosses four proxies, and
+    /// the audit records of them all.
     pub(crate) fn try_lines(&self) -> Vec<String> {
         let Some(gateway) = self
             .services
@@ -267,7 +299,10 @@ impl Mesh {
                 "  curl -x http://{gateway} http://orders-api/orders      # 403: denied by policy"
             ),
             format!(
-                "  ward audit query --store {} --since 10m   # both decisions",
+                "  curl -x http://{gateway} -X POST http://checkout-api/checkout   # four hops, one request id"
+            ),
+            format!(
+                "  ward audit query --store {} --since 10m   # every decision",
                 shell_word(&audit_store(&self.data_dir))
             ),
         ]
@@ -363,6 +398,20 @@ mod tests {
                     SERVICES[..i].iter().any(|s| s.name == *callee),
                     "{} calls {callee}",
                     service.name
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_onward_call_goes_to_a_service_the_proxy_routes_to() {
+        for service in SERVICES {
+            for call in service.onward {
+                assert!(
+                    service.calls.contains(&call.service),
+                    "{} calls {} onward but cannot route to it",
+                    service.name,
+                    call.service
                 );
             }
         }
