@@ -27,9 +27,11 @@ const ONWARD_TIMEOUT: Duration = Duration::from_secs(5);
 pub(super) struct Onward {
     /// The request that makes the app call: method and path.
     pub(super) on: (&'static str, &'static str),
-    /// Whom it calls, and with what.
+    /// The service it calls.
     pub(super) service: &'static str,
+    /// The method of that call.
     pub(super) method: &'static str,
+    /// The path of that call.
     pub(super) path: &'static str,
 }
 
