@@ -52,51 +52,61 @@ pub struct Stats {
 impl Filter {
     /// The WHERE clause and its bind values, numbered from `$1`.
     fn clause(&self) -> (String, Vec<Bind>) {
-        let mut parts = Vec::new();
-        let mut binds = Vec::new();
-        let mut eq = |column: &str, value: &Option<String>| {
-            if let Some(v) = value {
-                binds.push(Bind::Text(v.clone()));
-                parts.push(format!("{column} = ${}", binds.len()));
-            }
-        };
-        eq("principal", &self.principal);
-        eq("end_user", &self.end_user);
-        eq("action", &self.action);
-        eq("resource", &self.resource);
+        let mut w = Conditions::default();
+        w.equals("principal", &self.principal);
+        w.equals("end_user", &self.end_user);
+        w.equals("action", &self.action);
+        w.equals("resource", &self.resource);
         // The denies as a literal (not a bind), so the planner can use their partial index.
-        let denies = self.decision.as_deref() == Some("deny");
-        if !denies {
-            eq("decision", &self.decision);
+        match self.decision.as_deref() {
+            Some("deny") => w.parts.push("decision = 'deny'".to_owned()),
+            _ => w.equals("decision", &self.decision),
         }
-        eq("request_id", &self.request_id);
-        if denies {
-            parts.push("decision = 'deny'".to_owned());
-        }
+        w.equals("request_id", &self.request_id);
         if let Some(policy) = &self.policy {
-            binds.push(Bind::Text(format!("%,{policy},%")));
-            parts.push(format!("policies LIKE ${}", binds.len()));
+            w.bind("policies LIKE", Bind::Text(format!("%,{policy},%")));
         }
         // A literal (not a bind) so the planner can use the partial index on bypasses.
         match self.bypass {
-            Some(true) => parts.push("bypass = 1".to_owned()),
-            Some(false) => parts.push("bypass = 0".to_owned()),
+            Some(true) => w.parts.push("bypass = 1".to_owned()),
+            Some(false) => w.parts.push("bypass = 0".to_owned()),
             None => {}
         }
         if let Some(t) = self.since_ms {
-            binds.push(Bind::Int(t));
-            parts.push(format!("time_ms >= ${}", binds.len()));
+            w.bind("time_ms >=", Bind::Int(t));
         }
         if let Some(t) = self.until_ms {
-            binds.push(Bind::Int(t));
-            parts.push(format!("time_ms < ${}", binds.len()));
+            w.bind("time_ms <", Bind::Int(t));
         }
+        let Conditions { parts, binds } = w;
         let clause = if parts.is_empty() {
             String::new()
         } else {
             format!(" WHERE {}", parts.join(" AND "))
         };
         (clause, binds)
+    }
+}
+
+/// A WHERE clause being built: its conditions, joined by AND, and their bind values.
+#[derive(Debug, Default)]
+struct Conditions {
+    parts: Vec<String>,
+    binds: Vec<Bind>,
+}
+
+impl Conditions {
+    /// `{lhs} $N`, with `value` bound as `$N`.
+    fn bind(&mut self, lhs: &str, value: Bind) {
+        self.binds.push(value);
+        self.parts.push(format!("{lhs} ${}", self.binds.len()));
+    }
+
+    /// `{column} = $N` when there is a value to compare with.
+    fn equals(&mut self, column: &str, value: &Option<String>) {
+        if let Some(v) = value {
+            self.bind(&format!("{column} ="), Bind::Text(v.clone()));
+        }
     }
 }
 
