@@ -102,8 +102,13 @@ fn key(dir: &tempfile::TempDir) -> Arc<AuditKey> {
     Arc::new(AuditKey::load_or_create(&dir.path().join("audit.key")).unwrap())
 }
 
+/// The URL of the SQLite store `audit.db` in `dir`.
+fn sqlite_url(dir: &tempfile::TempDir) -> String {
+    format!("sqlite://{}", dir.path().join("audit.db").display())
+}
+
 async fn sqlite(dir: &tempfile::TempDir) -> (Store, String) {
-    let url = format!("sqlite://{}", dir.path().join("audit.db").display());
+    let url = sqlite_url(dir);
     (Store::open(&url).await.unwrap(), url)
 }
 
@@ -298,8 +303,7 @@ async fn an_older_store_gets_the_deny_index(url: &str, kind: DbKind) {
 #[tokio::test]
 async fn sqlite_older_store_gets_the_deny_index() {
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("audit.db").display());
-    an_older_store_gets_the_deny_index(&url, DbKind::Sqlite).await;
+    an_older_store_gets_the_deny_index(&sqlite_url(&dir), DbKind::Sqlite).await;
 }
 
 #[tokio::test]
