@@ -20,6 +20,9 @@ pub struct Metrics {
     pub dropped: AtomicU64,
     /// Signed checkpoints stored.
     pub checkpoints: AtomicU64,
+    /// Times records piled up while SQLite's thread ran in `SCHED_IDLE`, so that a thread at
+    /// the writer's priority took over.
+    pub catch_ups: AtomicU64,
 }
 
 impl Metrics {
@@ -75,5 +78,13 @@ impl Metrics {
                 value.load(Ordering::Relaxed)
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP ward_audit_writer_catch_ups_total Times audit records piled up while SQLite's \
+             thread ran in SCHED_IDLE and a thread at the writer's priority took over.\n\
+             # TYPE ward_audit_writer_catch_ups_total counter\n\
+             ward_audit_writer_catch_ups_total {}",
+            self.catch_ups.load(Ordering::Relaxed)
+        );
     }
 }

@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
@@ -18,6 +19,8 @@ use crate::chain::{ChainedRecord, Checkpoint, CheckpointKind};
 use crate::record::AuditRecord;
 
 mod sqlite;
+
+pub use sqlite::WritePriority;
 
 // Rows per INSERT statement on PostgreSQL: far below its parameter limit (17 × 100 = 1,700)
 // and enough to amortize a network round trip.
@@ -41,8 +44,8 @@ pub enum Store {
 pub struct Db {
     pool: AnyPool,
     kind: DbKind,
-    // SQLite only: the native pool records are inserted through (see `sqlite`).
-    sqlite_writes: Option<sqlx::SqlitePool>,
+    // SQLite only: the native connection records are inserted through (see `sqlite`).
+    sqlite_writes: Option<Arc<sqlite::Writes>>,
 }
 
 /// Which database.
@@ -141,6 +144,18 @@ impl Store {
         }
     }
 
+    /// Sets how SQLite's thread that inserts records is scheduled, from the next insert on
+    /// (other stores have no such thread).
+    pub async fn set_write_priority(&self, priority: WritePriority) {
+        if let Self::Db(Db {
+            sqlite_writes: Some(writes),
+            ..
+        }) = self
+        {
+            writes.set_priority(priority).await;
+        }
+    }
+
     /// The database, for queries.
     pub fn db(&self) -> Option<&Db> {
         match self {
@@ -171,7 +186,7 @@ impl Db {
             // An in-memory database is private to its connection: a second pool would write
             // into a database of its own, so such a store keeps writing through `Any`.
             if path != ":memory:" {
-                sqlite_writes = Some(sqlite::write_pool(&url)?);
+                sqlite_writes = Some(Arc::new(sqlite::Writes::new(&url)?));
             }
             (DbKind::Sqlite, AnyConnectOptions::from_str(&url)?)
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
@@ -264,7 +279,7 @@ impl Db {
                 .map_err(|e| Error::Corrupt(e.to_string()))?,
         };
         if let Some(writes) = &self.sqlite_writes {
-            return sqlite::insert(writes, records, parsed).await;
+            return writes.insert(records, parsed).await;
         }
         let mut tx = self.pool.begin().await?;
         let mut parsed = parsed.into_iter();

@@ -569,35 +569,86 @@ async fn the_writer_stops_when_the_last_handle_goes_without_waiting_out_its_batc
     assert_exactly_once_in_order(&all(store.db().unwrap()).await, 4);
 }
 
+/// (policy, nice) of this process's threads whose name starts with `name`, from
+/// /proc/self/task/TID/stat: after the parenthesized name, field 19 is the nice value and
+/// field 41 the scheduling policy.
+fn threads_named(name: &str) -> Vec<(u32, i32)> {
+    let mut found = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap() {
+        let dir = task.unwrap().path();
+        let (Ok(comm), Ok(stat)) = (
+            std::fs::read_to_string(dir.join("comm")),
+            std::fs::read_to_string(dir.join("stat")),
+        ) else {
+            continue; // the thread has just ended
+        };
+        if comm.trim().starts_with(name) {
+            let fields: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split(' ').collect();
+            found.push((fields[38].parse().unwrap(), fields[16].parse().unwrap()));
+        }
+    }
+    found
+}
+
+const SCHED_OTHER: u32 = 0;
+const SCHED_IDLE: u32 = 5;
+
 #[tokio::test]
 async fn the_writer_runs_on_its_own_lower_priority_thread() {
     let dir = tempfile::tempdir().unwrap();
     let (store, auditor, task) = sqlite_writer(&dir, |_| {}).await;
     auditor.record(record(0)).unwrap();
     drain(&auditor).await;
-    // /proc/self/task/TID/stat: field 19 (after the parenthesized name) is the nice value.
-    let mut nices = Vec::new();
-    for task in std::fs::read_dir("/proc/self/task").unwrap() {
-        let dir = task.unwrap().path();
-        let comm = std::fs::read_to_string(dir.join("comm")).unwrap();
-        if comm.trim() == "ward-audit" {
-            let stat = std::fs::read_to_string(dir.join("stat")).unwrap();
-            let fields: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split(' ').collect();
-            nices.push(fields[16].parse::<i32>().unwrap());
-        }
-    }
+    let writers = threads_named("ward-audit");
     // Other tests in this process run writers of their own.
-    assert!(!nices.is_empty());
+    assert!(!writers.is_empty());
     assert!(
-        nices.iter().all(|n| *n == crate::writer::WRITER_NICE),
-        "{nices:?}"
+        writers
+            .iter()
+            .all(|t| *t == (SCHED_OTHER, crate::writer::WRITER_NICE)),
+        "{writers:?}"
     );
+    // SQLite's thread that inserted the record runs in SCHED_IDLE (the query pool's does not).
+    let sqlite = threads_named("sqlx-sqlite");
+    assert!(sqlite.iter().any(|t| t.0 == SCHED_IDLE), "{sqlite:?}");
     drop(auditor);
     tokio::time::timeout(Duration::from_secs(10), task)
         .await
         .expect("the writer stops once every handle is gone")
         .unwrap();
     assert_eq!(all(store.db().unwrap()).await.len(), 1);
+}
+
+#[tokio::test]
+async fn records_piling_up_take_sqlite_out_of_sched_idle_until_they_are_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, auditor, _task) = sqlite_writer(&dir, |cfg| {
+        cfg.batch_size = 8;
+        cfg.catch_up_at = 64;
+        cfg.calm_for = Duration::from_millis(500);
+    })
+    .await;
+    // SQLite's thread at the writer's priority: no other test's writer has one.
+    let at_writers_priority =
+        || threads_named("sqlx-sqlite").contains(&(SCHED_OTHER, crate::writer::WRITER_NICE));
+    for i in 0..5_000 {
+        auditor.record(record(i)).unwrap();
+    }
+    drain(&auditor).await;
+    assert_eq!(auditor.metrics().catch_ups.load(Ordering::Relaxed), 1);
+    assert!(at_writers_priority());
+    // Once the queue has stayed short for `calm_for`, the thread is replaced by one in
+    // SCHED_IDLE again; the flush ticks keep the writer checking.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while at_writers_priority() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("SQLite's thread goes back to SCHED_IDLE");
+    auditor.record(record(5_000)).unwrap();
+    drain(&auditor).await;
+    assert_exactly_once_in_order(&all(store.db().unwrap()).await, 5_001);
 }
 
 #[tokio::test]

@@ -16,7 +16,7 @@ use crate::key::AuditKey;
 use crate::metrics::Metrics;
 use crate::record::AuditRecord;
 use crate::spool::{Overflow, Spool};
-use crate::store::Store;
+use crate::store::{Store, WritePriority};
 
 /// The writer thread's default nice value (see [`Config::nice`]).
 pub const WRITER_NICE: i32 = 5;
@@ -42,10 +42,17 @@ pub struct Config {
     pub spool_dir: PathBuf,
     /// Fail callers closed when their record cannot be made durable.
     pub strict: bool,
-    /// The nice value of the writer's thread (0 to 19), which SQLite's own thread inherits:
-    /// above 0, request handling on the same core runs first and the writer catches up in
-    /// the gaps.
+    /// The nice value of the writer's thread (0 to 19), which SQLite's thread inherits when
+    /// it does not run in `SCHED_IDLE`: above 0, request handling on the same core runs first
+    /// and the writer catches up in the gaps.
     pub nice: i32,
+    /// Run the SQLite store's inserting thread in `SCHED_IDLE` while the writer keeps up, so
+    /// that a commit never holds a request task off its core.
+    pub idle_store: bool,
+    /// Records waiting after a commit that bring SQLite's thread back to the writer's priority.
+    pub catch_up_at: usize,
+    /// How long fewer than a batch of records must wait before it goes back to `SCHED_IDLE`.
+    pub calm_for: Duration,
 }
 
 /// The handle request paths use to hand over records. Cheap to clone.
@@ -98,6 +105,9 @@ struct Writer {
     since_checkpoint: u64,
     last_checkpoint: Instant,
     last_retry: Instant,
+    priority: WritePriority,
+    // Since when fewer than a batch of records have been waiting (at the writer's priority).
+    calm_since: Option<Instant>,
 }
 
 // === impl Config ===
@@ -116,6 +126,9 @@ impl Config {
             spool_dir,
             strict: false,
             nice: WRITER_NICE,
+            idle_store: true,
+            catch_up_at: 2 * 256,
+            calm_for: Duration::from_secs(30),
         }
     }
 }
@@ -160,6 +173,8 @@ impl Auditor {
             since_checkpoint: 0,
             last_checkpoint: Instant::now(),
             last_retry: Instant::now(),
+            priority: WritePriority::Normal,
+            calm_since: None,
             cfg: cfg.clone(),
         };
         let task = run_on_own_thread(writer)?;
@@ -312,6 +327,9 @@ fn set_nice(nice: i32) {
 
 impl Writer {
     async fn run(mut self) {
+        if self.cfg.idle_store {
+            self.set_priority(WritePriority::Idle).await;
+        }
         let mut tick = tokio::time::interval(self.cfg.flush_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -357,6 +375,7 @@ impl Writer {
             }
             self.commit(batch, acks).await;
             self.pending.fetch_sub(from_queue, Ordering::AcqRel);
+            self.adjust_priority().await;
             let force = closed || !flushes.is_empty();
             if !self.spool.is_empty()
                 && (force || self.last_retry.elapsed() >= self.cfg.retry_interval)
@@ -372,6 +391,41 @@ impl Writer {
                 break;
             }
         }
+    }
+
+    /// Keeps SQLite's thread in `SCHED_IDLE` while the writer keeps up, and at the writer's
+    /// priority while records pile up: in `SCHED_IDLE` it gets almost no time on a core that
+    /// request handling keeps busy, and a thread cannot leave that class without privileges,
+    /// so the store replaces it.
+    async fn adjust_priority(&mut self) {
+        if !self.cfg.idle_store {
+            return;
+        }
+        let waiting = self.pending.load(Ordering::Acquire);
+        match self.priority {
+            WritePriority::Idle if waiting >= self.cfg.catch_up_at => {
+                tracing::info!(
+                    waiting,
+                    "audit records are piling up: SQLite's thread leaves SCHED_IDLE until they are written"
+                );
+                Metrics::add(&self.metrics.catch_ups, 1);
+                self.set_priority(WritePriority::Normal).await;
+            }
+            WritePriority::Idle => {}
+            WritePriority::Normal if waiting < self.cfg.batch_size => {
+                let calm = *self.calm_since.get_or_insert_with(Instant::now);
+                if calm.elapsed() >= self.cfg.calm_for {
+                    self.set_priority(WritePriority::Idle).await;
+                }
+            }
+            WritePriority::Normal => self.calm_since = None,
+        }
+    }
+
+    async fn set_priority(&mut self, priority: WritePriority) {
+        self.store.set_write_priority(priority).await;
+        self.priority = priority;
+        self.calm_since = None;
     }
 
     /// Moves what is queued right now into the batch, up to `batch_size`. True when every

@@ -9,11 +9,12 @@
 //! spent most of its time there (measured: 17k records/s with `$N`, over 50k with `?`).
 
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sqlx::query::Query;
-use sqlx::sqlite::{SqliteArguments, SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
-use sqlx::{AssertSqlSafe, Sqlite};
+use sqlx::sqlite::{SqliteArguments, SqliteConnectOptions, SqliteConnection};
+use sqlx::{AssertSqlSafe, Connection, Sqlite};
 
 use super::{COLUMNS, Columns};
 use crate::Error;
@@ -46,24 +47,119 @@ pub(super) const PRAGMAS: [(&str, &str); 6] = [
 // bench, 500 rows measured about the same as 100 and 25 about a fifth slower.
 const ROWS_PER_INSERT: usize = 128;
 
-/// A pool of one connection for inserting records into the database at `url` (the same URL
-/// the query pool opens), connected on first use so that the read-only commands never open it.
-pub(super) fn write_pool(url: &str) -> Result<SqlitePool, Error> {
-    // sqlx sets a busy timeout of its own before the pragmas run; keep it equal to PRAGMAS'.
-    let mut options = SqliteConnectOptions::from_str(url)?.busy_timeout(Duration::from_secs(2));
-    for (name, value) in PRAGMAS {
-        options = options.pragma(name, value);
-    }
-    Ok(SqlitePoolOptions::new()
-        .max_connections(1)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect_lazy_with(options))
+/// How SQLite's thread for inserting records is scheduled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WritePriority {
+    /// `SCHED_IDLE`: the thread runs only when nothing else on its core is runnable, and a
+    /// request task waking up takes the core from it at once.
+    Idle,
+    /// The class of the thread that inserts (the audit writer's: normal, nice 5).
+    Normal,
 }
 
-/// Inserts `records` (`parsed[i]` is the body of `records[i]`) in one transaction, skipping
-/// those already present.
-pub(super) async fn insert(
-    pool: &SqlitePool,
+/// The one connection records are inserted through, opened on first use (so that the
+/// read-only commands never open it) and again after a failure or a change of priority.
+#[derive(Debug)]
+pub(super) struct Writes {
+    options: SqliteConnectOptions,
+    conn: tokio::sync::Mutex<Option<SqliteConnection>>,
+    // Whether the next connection's thread runs in SCHED_IDLE.
+    idle: AtomicBool,
+}
+
+impl Writes {
+    /// For the database at `url` (the same URL the query pool opens).
+    pub(super) fn new(url: &str) -> Result<Self, Error> {
+        // sqlx sets a busy timeout of its own before the pragmas run; keep it equal to PRAGMAS'.
+        let mut options = SqliteConnectOptions::from_str(url)?.busy_timeout(Duration::from_secs(2));
+        for (name, value) in PRAGMAS {
+            options = options.pragma(name, value);
+        }
+        Ok(Self {
+            options,
+            conn: tokio::sync::Mutex::new(None),
+            idle: AtomicBool::new(false),
+        })
+    }
+
+    /// Sets the priority of SQLite's thread; a change takes effect with the next insert, on
+    /// a new connection (Linux lets a thread leave `SCHED_IDLE` only with CAP_SYS_NICE, so
+    /// the old thread is not moved but replaced).
+    pub(super) async fn set_priority(&self, priority: WritePriority) {
+        let idle = priority == WritePriority::Idle;
+        if self.idle.swap(idle, Ordering::AcqRel) != idle {
+            drop(self.conn.lock().await.take());
+        }
+    }
+
+    /// Inserts `records` (`parsed[i]` is the body of `records[i]`) in one transaction,
+    /// skipping those already present.
+    pub(super) async fn insert(
+        &self,
+        records: &[ChainedRecord],
+        parsed: Vec<AuditRecord>,
+    ) -> Result<(), Error> {
+        let mut conn = self.conn.lock().await;
+        let open = match conn.take() {
+            Some(open) => open,
+            None => self.connect().await?,
+        };
+        let open = conn.insert(open);
+        let result = insert(open, records, parsed).await;
+        if result.is_err() {
+            // Start the next batch on a fresh connection rather than on one in an unknown state.
+            drop(conn.take());
+        }
+        result
+    }
+
+    async fn connect(&self) -> Result<SqliteConnection, Error> {
+        if !self.idle.load(Ordering::Acquire) {
+            return Ok(SqliteConnection::connect_with(&self.options).await?);
+        }
+        // sqlx starts the connection's thread from the thread that connects, and a new thread
+        // inherits its creator's scheduling policy: connect from a short-lived thread that
+        // has put itself in SCHED_IDLE.
+        let options = self.options.clone();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("ward-audit-open".into())
+            .spawn(move || {
+                if !enter_idle() {
+                    // Still write the records, at the writer's priority.
+                    tracing::warn!("could not put the audit store's SQLite thread in SCHED_IDLE");
+                }
+                let result = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(Error::Start)
+                    .and_then(|rt| {
+                        rt.block_on(SqliteConnection::connect_with(&options))
+                            .map_err(Error::from)
+                    });
+                let _ = tx.send(result);
+            })
+            .map_err(Error::Start)?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+}
+
+/// Puts the calling thread in `SCHED_IDLE` (allowed without privileges); false if it is not.
+fn enter_idle() -> bool {
+    use thread_priority::{
+        NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy,
+        set_thread_priority_and_policy, thread_native_id, thread_schedule_policy,
+    };
+    let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+    // After the policy the crate also sets the nice value to 0, which a thread at nice 5 may
+    // not without privileges: what counts is the policy.
+    let _ = set_thread_priority_and_policy(thread_native_id(), ThreadPriority::Min, idle);
+    thread_schedule_policy().is_ok_and(|policy| policy == idle)
+}
+
+/// Inserts `records` in one transaction on `conn`.
+async fn insert(
+    conn: &mut SqliteConnection,
     records: &[ChainedRecord],
     parsed: Vec<AuditRecord>,
 ) -> Result<(), Error> {
@@ -73,7 +169,7 @@ pub(super) async fn insert(
         *start += len;
         Some((chunk, parsed.by_ref().take(len).collect::<Vec<_>>()))
     });
-    let mut tx = pool.begin().await?;
+    let mut tx = conn.begin().await?;
     let mut next = chunks.next().map(|(chunk, recs)| bound(chunk, recs));
     while let Some(query) = next.take() {
         // Bind the following chunk while SQLite's worker thread inserts this one: `biased`
@@ -184,7 +280,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("audit.db").display());
         drop(crate::Store::open(&url).await.unwrap());
-        let pool = write_pool(&url).unwrap();
+        let mut conn = Writes::new(&url).unwrap().connect().await.unwrap();
         let row = |query: Query<'static, Sqlite, SqliteArguments>,
                    seq: i64,
                    body: Option<&'static str>| {
@@ -207,7 +303,7 @@ mod tests {
                 .bind("prev")
                 .bind("hash")
         };
-        let mut tx = pool.begin().await.unwrap();
+        let mut tx = conn.begin().await.unwrap();
         row(sqlx::query(AssertSqlSafe(insert_sql(1))), 1, Some("{}"))
             .execute(&mut *tx)
             .await
@@ -221,7 +317,7 @@ mod tests {
         // The transaction is gone with the statement: committing it cannot keep any row.
         let _ = tx.commit().await;
         let count: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_records")
-            .fetch_one(&pool)
+            .fetch_one(&mut conn)
             .await
             .unwrap();
         assert_eq!(count, 0);
