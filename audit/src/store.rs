@@ -20,8 +20,6 @@ use crate::record::AuditRecord;
 
 mod sqlite;
 
-pub use sqlite::WritePriority;
-
 // Rows per INSERT statement on PostgreSQL: far below its parameter limit (17 × 100 = 1,700)
 // and enough to amortize a network round trip.
 const ROWS_PER_INSERT: usize = 100;
@@ -144,15 +142,15 @@ impl Store {
         }
     }
 
-    /// Sets how SQLite's thread that inserts records is scheduled, from the next insert on
-    /// (other stores have no such thread).
-    pub async fn set_write_priority(&self, priority: WritePriority) {
+    /// Closes SQLite's connection for inserting records, so that the next insert opens one
+    /// whose thread has the inserting thread's scheduling class (other stores have none).
+    pub async fn reconnect_writes(&self) {
         if let Self::Db(Db {
             sqlite_writes: Some(writes),
             ..
         }) = self
         {
-            writes.set_priority(priority).await;
+            writes.reconnect().await;
         }
     }
 

@@ -569,7 +569,7 @@ async fn the_writer_stops_when_the_last_handle_goes_without_waiting_out_its_batc
     assert_exactly_once_in_order(&all(store.db().unwrap()).await, 4);
 }
 
-/// (policy, nice) of this process's threads whose name starts with `name`, from
+/// (policy, nice) of this process's threads named `name`, from
 /// /proc/self/task/TID/stat: after the parenthesized name, field 19 is the nice value and
 /// field 41 the scheduling policy.
 fn threads_named(name: &str) -> Vec<(u32, i32)> {
@@ -582,7 +582,7 @@ fn threads_named(name: &str) -> Vec<(u32, i32)> {
         ) else {
             continue; // the thread has just ended
         };
-        if comm.trim().starts_with(name) {
+        if comm.trim() == name {
             let fields: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split(' ').collect();
             found.push((fields[38].parse().unwrap(), fields[16].parse().unwrap()));
         }
@@ -599,17 +599,21 @@ async fn the_writer_runs_on_its_own_lower_priority_thread() {
     let (store, auditor, task) = sqlite_writer(&dir, |_| {}).await;
     auditor.record(record(0)).unwrap();
     drain(&auditor).await;
-    let writers = threads_named("ward-audit");
-    // Other tests in this process run writers of their own.
-    assert!(!writers.is_empty());
+    // Other tests in this process run writers of their own. The thread that starts the
+    // writer's threads runs at the writer's nice value, the writer and SQLite's thread that
+    // inserted the record in SCHED_IDLE (the query pool's thread does not).
+    let starters = threads_named("ward-audit");
+    assert!(!starters.is_empty());
     assert!(
-        writers
+        starters
             .iter()
             .all(|t| *t == (SCHED_OTHER, crate::writer::WRITER_NICE)),
-        "{writers:?}"
+        "{starters:?}"
     );
-    // SQLite's thread that inserted the record runs in SCHED_IDLE (the query pool's does not).
-    let sqlite = threads_named("sqlx-sqlite");
+    let writers = threads_named("ward-audit-idle");
+    assert!(!writers.is_empty());
+    assert!(writers.iter().all(|t| t.0 == SCHED_IDLE), "{writers:?}");
+    let sqlite = threads_named("sqlx-sqlite-wor");
     assert!(sqlite.iter().any(|t| t.0 == SCHED_IDLE), "{sqlite:?}");
     drop(auditor);
     tokio::time::timeout(Duration::from_secs(10), task)
@@ -620,7 +624,7 @@ async fn the_writer_runs_on_its_own_lower_priority_thread() {
 }
 
 #[tokio::test]
-async fn records_piling_up_take_sqlite_out_of_sched_idle_until_they_are_written() {
+async fn records_piling_up_take_the_writer_out_of_sched_idle_until_they_are_written() {
     let dir = tempfile::tempdir().unwrap();
     let (store, auditor, _task) = sqlite_writer(&dir, |cfg| {
         cfg.batch_size = 8;
@@ -628,24 +632,37 @@ async fn records_piling_up_take_sqlite_out_of_sched_idle_until_they_are_written(
         cfg.calm_for = Duration::from_millis(500);
     })
     .await;
-    // SQLite's thread at the writer's priority: no other test's writer has one.
-    let at_writers_priority =
-        || threads_named("sqlx-sqlite").contains(&(SCHED_OTHER, crate::writer::WRITER_NICE));
+    // The writer and SQLite's thread at the writer's nice value: no other test's writer
+    // piles records up.
+    let nice = (SCHED_OTHER, crate::writer::WRITER_NICE);
+    let at_writers_priority = || {
+        threads_named("ward-audit-nice").contains(&nice)
+            && threads_named("sqlx-sqlite-wor").contains(&nice)
+    };
     for i in 0..5_000 {
         auditor.record(record(i)).unwrap();
     }
     drain(&auditor).await;
     assert_eq!(auditor.metrics().catch_ups.load(Ordering::Relaxed), 1);
-    assert!(at_writers_priority());
-    // Once the queue has stayed short for `calm_for`, the thread is replaced by one in
-    // SCHED_IDLE again; the flush ticks keep the writer checking.
+    // The flush may be answered by the commit after which the writer moves.
     tokio::time::timeout(Duration::from_secs(10), async {
-        while at_writers_priority() {
+        while !at_writers_priority() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the writer and SQLite's thread leave SCHED_IDLE");
+    // Once the queue has stayed short for `calm_for`, both move to threads in SCHED_IDLE
+    // again; the flush ticks keep the writer checking.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !threads_named("ward-audit-nice").is_empty()
+            || threads_named("sqlx-sqlite-wor").contains(&nice)
+        {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     })
     .await
-    .expect("SQLite's thread goes back to SCHED_IDLE");
+    .expect("the writer and SQLite's thread go back to SCHED_IDLE");
     auditor.record(record(5_000)).unwrap();
     drain(&auditor).await;
     assert_exactly_once_in_order(&all(store.db().unwrap()).await, 5_001);

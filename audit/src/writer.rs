@@ -16,7 +16,7 @@ use crate::key::AuditKey;
 use crate::metrics::Metrics;
 use crate::record::AuditRecord;
 use crate::spool::{Overflow, Spool};
-use crate::store::{Store, WritePriority};
+use crate::store::Store;
 
 /// The writer thread's default nice value (see [`Config::nice`]).
 pub const WRITER_NICE: i32 = 5;
@@ -42,14 +42,14 @@ pub struct Config {
     pub spool_dir: PathBuf,
     /// Fail callers closed when their record cannot be made durable.
     pub strict: bool,
-    /// The nice value of the writer's thread (0 to 19), which SQLite's thread inherits when
-    /// it does not run in `SCHED_IDLE`: above 0, request handling on the same core runs first
+    /// The nice value of the writer's thread (0 to 19) when it does not run in `SCHED_IDLE`,
+    /// which SQLite's thread inherits: above 0, request handling on the same core runs first
     /// and the writer catches up in the gaps.
     pub nice: i32,
-    /// Run the SQLite store's inserting thread in `SCHED_IDLE` while the writer keeps up, so
-    /// that a commit never holds a request task off its core.
-    pub idle_store: bool,
-    /// Records waiting after a commit that bring SQLite's thread back to the writer's priority.
+    /// Run the writer and SQLite's inserting thread in `SCHED_IDLE` while they keep up, so that
+    /// a commit never holds a request task off its core.
+    pub idle: bool,
+    /// Records waiting after a commit that bring the writer back to its nice value.
     pub catch_up_at: usize,
     /// How long fewer than a batch of records must wait before it goes back to `SCHED_IDLE`.
     pub calm_for: Duration,
@@ -84,6 +84,23 @@ impl Drop for LastHandle {
     }
 }
 
+/// The scheduling of the thread the writer runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    /// `SCHED_IDLE`: it runs only when nothing else on its core is runnable, and a request
+    /// task waking up takes the core from it at once.
+    Idle,
+    /// Normal, at `Config::nice`.
+    Nice,
+}
+
+/// Why [`Writer::run`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Stopped,
+    Moved,
+}
+
 #[derive(Debug)]
 enum Msg {
     Record(Box<AuditRecord>, Option<Ack>),
@@ -105,8 +122,8 @@ struct Writer {
     since_checkpoint: u64,
     last_checkpoint: Instant,
     last_retry: Instant,
-    priority: WritePriority,
-    // Since when fewer than a batch of records have been waiting (at the writer's priority).
+    class: Class,
+    // Since when fewer than a batch of records have been waiting (in `Class::Nice`).
     calm_since: Option<Instant>,
 }
 
@@ -126,7 +143,7 @@ impl Config {
             spool_dir,
             strict: false,
             nice: WRITER_NICE,
-            idle_store: true,
+            idle: true,
             catch_up_at: 2 * 256,
             calm_for: Duration::from_secs(30),
         }
@@ -173,7 +190,7 @@ impl Auditor {
             since_checkpoint: 0,
             last_checkpoint: Instant::now(),
             last_retry: Instant::now(),
-            priority: WritePriority::Normal,
+            class: if cfg.idle { Class::Idle } else { Class::Nice },
             calm_since: None,
             cfg: cfg.clone(),
         };
@@ -278,30 +295,66 @@ impl Auditor {
     }
 }
 
-/// Runs the writer on its own thread and current-thread runtime, so that hash-chaining and
-/// binding a batch of records never holds up request tasks on the caller's
-/// runtime (a proxy runs one worker thread), and the thread's priority can be lowered.
+/// Runs the writer on threads of its own, each with a current-thread runtime, so that
+/// hash-chaining and binding a batch never holds up request tasks on the caller's runtime (a
+/// proxy runs one worker thread), and so that their scheduling can be chosen. A thread at the
+/// writer's nice value (`ward-audit`) starts the threads the writer runs on, one after the
+/// other: `ward-audit-idle` in `SCHED_IDLE` while the writer keeps up, `ward-audit-nice` at
+/// that nice value while records pile up. Linux lets a thread enter `SCHED_IDLE` but not leave
+/// it without CAP_SYS_NICE, so the writer moves to a new thread instead, and so does its
+/// SQLite connection, whose thread sqlx starts from the inserting thread.
 fn run_on_own_thread(writer: Writer) -> Result<JoinHandle<()>, Error> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(Error::Start)?;
     let nice = writer.cfg.nice.clamp(0, 19);
     let (done_tx, done_rx) = oneshot::channel::<()>();
     // Aborting the returned task (or dropping its runtime) drops `stop_tx`, which stops the
     // writer where it is, as aborting the writer's own task did when it ran on the caller's
     // runtime.
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    // The first runtime is built here, so that a failure to build one is reported to the caller.
+    let runtime = current_thread_runtime().map_err(Error::Start)?;
     std::thread::Builder::new()
         .name("ward-audit".into())
         .spawn(move || {
             set_nice(nice);
-            runtime.block_on(async {
-                tokio::select! {
-                    () = writer.run() => {}
-                    _ = stop_rx => {}
+            let mut state = (writer, stop_rx);
+            let mut runtime = Some(runtime);
+            loop {
+                let class = state.0.class;
+                let rt = runtime.take();
+                let phase = move || {
+                    if class == Class::Idle && !enter_idle() {
+                        tracing::warn!("could not put the audit writer in SCHED_IDLE");
+                    }
+                    let (mut writer, mut stop) = state;
+                    let outcome = match rt.map_or_else(current_thread_runtime, Ok) {
+                        Ok(rt) => rt.block_on(writer.run(&mut stop)),
+                        Err(e) => {
+                            tracing::error!(error = %e, "starting the audit writer's runtime; retrying in 1 s");
+                            std::thread::sleep(Duration::from_secs(1));
+                            Outcome::Moved
+                        }
+                    };
+                    ((writer, stop), outcome)
+                };
+                let name = match class {
+                    Class::Idle => "ward-audit-idle",
+                    Class::Nice => "ward-audit-nice",
+                };
+                let Ok(((writer, stop), outcome)) = std::thread::Builder::new()
+                    .name(name.into())
+                    .spawn(phase)
+                    .map_err(|e| tracing::error!(error = %e, "starting an audit writer thread"))
+                    .and_then(|thread| thread.join().map_err(|_| ()))
+                else {
+                    // The writer and its queue are gone with the thread; callers now get
+                    // `Closed`, and strict ones fail closed.
+                    break;
+                };
+                if outcome == Outcome::Stopped {
+                    break;
                 }
-            });
+                state = (writer, stop);
+            }
             let _ = done_tx.send(());
         })
         .map_err(Error::Start)?;
@@ -309,6 +362,25 @@ fn run_on_own_thread(writer: Writer) -> Result<JoinHandle<()>, Error> {
         let _ = done_rx.await;
         drop(stop_tx);
     }))
+}
+
+fn current_thread_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
+
+/// Puts the calling thread in `SCHED_IDLE` (allowed without privileges); false if it is not.
+fn enter_idle() -> bool {
+    use thread_priority::{
+        NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy,
+        set_thread_priority_and_policy, thread_native_id, thread_schedule_policy,
+    };
+    let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+    // After the policy the crate also sets the nice value to 0, which a thread at nice 5 may
+    // not without privileges: what counts is the policy.
+    let _ = set_thread_priority_and_policy(thread_native_id(), ThreadPriority::Min, idle);
+    thread_schedule_policy().is_ok_and(|policy| policy == idle)
 }
 
 /// Sets the calling thread's nice value; threads it starts later (SQLite's) inherit it.
@@ -326,10 +398,18 @@ fn set_nice(nice: i32) {
 // === impl Writer ===
 
 impl Writer {
-    async fn run(mut self) {
-        if self.cfg.idle_store {
-            self.set_priority(WritePriority::Idle).await;
+    /// Runs until every handle is gone or `stop` fires (`Stopped`), or until the writer
+    /// should move to a thread of the other class (`Moved`).
+    async fn run(&mut self, stop: &mut oneshot::Receiver<()>) -> Outcome {
+        tokio::select! {
+            outcome = self.work() => outcome,
+            _ = stop => Outcome::Stopped,
         }
+    }
+
+    async fn work(&mut self) -> Outcome {
+        // SQLite's connection, if one is open, was opened from the previous thread.
+        self.store.reconnect_writes().await;
         let mut tick = tokio::time::interval(self.cfg.flush_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -375,7 +455,6 @@ impl Writer {
             }
             self.commit(batch, acks).await;
             self.pending.fetch_sub(from_queue, Ordering::AcqRel);
-            self.adjust_priority().await;
             let force = closed || !flushes.is_empty();
             if !self.spool.is_empty()
                 && (force || self.last_retry.elapsed() >= self.cfg.retry_interval)
@@ -388,44 +467,48 @@ impl Writer {
                 let _ = flush.send(drained);
             }
             if closed {
-                break;
+                return Outcome::Stopped;
+            }
+            if self.class_due() {
+                return Outcome::Moved;
             }
         }
     }
 
-    /// Keeps SQLite's thread in `SCHED_IDLE` while the writer keeps up, and at the writer's
-    /// priority while records pile up: in `SCHED_IDLE` it gets almost no time on a core that
-    /// request handling keeps busy, and a thread cannot leave that class without privileges,
-    /// so the store replaces it.
-    async fn adjust_priority(&mut self) {
-        if !self.cfg.idle_store {
-            return;
+    /// Whether the writer should move to a thread of the other class, which it then is:
+    /// `SCHED_IDLE` while it keeps up, its nice value while records pile up (in `SCHED_IDLE` it
+    /// gets almost no time on a core that request handling keeps busy).
+    fn class_due(&mut self) -> bool {
+        if !self.cfg.idle {
+            return false;
         }
         let waiting = self.pending.load(Ordering::Acquire);
-        match self.priority {
-            WritePriority::Idle if waiting >= self.cfg.catch_up_at => {
+        match self.class {
+            Class::Idle if waiting >= self.cfg.catch_up_at => {
                 tracing::info!(
                     waiting,
-                    "audit records are piling up: SQLite's thread leaves SCHED_IDLE until they are written"
+                    "audit records are piling up: the writer leaves SCHED_IDLE until they are written"
                 );
                 Metrics::add(&self.metrics.catch_ups, 1);
-                self.set_priority(WritePriority::Normal).await;
+                self.class = Class::Nice;
+                self.calm_since = None;
+                true
             }
-            WritePriority::Idle => {}
-            WritePriority::Normal if waiting < self.cfg.batch_size => {
+            Class::Nice if waiting < self.cfg.batch_size => {
                 let calm = *self.calm_since.get_or_insert_with(Instant::now);
-                if calm.elapsed() >= self.cfg.calm_for {
-                    self.set_priority(WritePriority::Idle).await;
+                let due = calm.elapsed() >= self.cfg.calm_for;
+                if due {
+                    self.class = Class::Idle;
+                    self.calm_since = None;
                 }
+                due
             }
-            WritePriority::Normal => self.calm_since = None,
+            Class::Nice => {
+                self.calm_since = None;
+                false
+            }
+            Class::Idle => false,
         }
-    }
-
-    async fn set_priority(&mut self, priority: WritePriority) {
-        self.store.set_write_priority(priority).await;
-        self.priority = priority;
-        self.calm_since = None;
     }
 
     /// Moves what is queued right now into the batch, up to `batch_size`. True when every

@@ -9,7 +9,6 @@
 //! spent most of its time there (measured: 17k records/s with `$N`, over 50k with `?`).
 
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sqlx::query::Query;
@@ -47,24 +46,12 @@ pub(super) const PRAGMAS: [(&str, &str); 6] = [
 // bench, 500 rows measured about the same as 100 and 25 about a fifth slower.
 const ROWS_PER_INSERT: usize = 128;
 
-/// How SQLite's thread for inserting records is scheduled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WritePriority {
-    /// `SCHED_IDLE`: the thread runs only when nothing else on its core is runnable, and a
-    /// request task waking up takes the core from it at once.
-    Idle,
-    /// The class of the thread that inserts (the audit writer's: normal, nice 5).
-    Normal,
-}
-
 /// The one connection records are inserted through, opened on first use (so that the
-/// read-only commands never open it) and again after a failure or a change of priority.
+/// read-only commands never open it) and again after a failure or [`Writes::reconnect`].
 #[derive(Debug)]
 pub(super) struct Writes {
     options: SqliteConnectOptions,
     conn: tokio::sync::Mutex<Option<SqliteConnection>>,
-    // Whether the next connection's thread runs in SCHED_IDLE.
-    idle: AtomicBool,
 }
 
 impl Writes {
@@ -78,18 +65,14 @@ impl Writes {
         Ok(Self {
             options,
             conn: tokio::sync::Mutex::new(None),
-            idle: AtomicBool::new(false),
         })
     }
 
-    /// Sets the priority of SQLite's thread; a change takes effect with the next insert, on
-    /// a new connection (Linux lets a thread leave `SCHED_IDLE` only with CAP_SYS_NICE, so
-    /// the old thread is not moved but replaced).
-    pub(super) async fn set_priority(&self, priority: WritePriority) {
-        let idle = priority == WritePriority::Idle;
-        if self.idle.swap(idle, Ordering::AcqRel) != idle {
-            drop(self.conn.lock().await.take());
-        }
+    /// Closes the connection; the next insert opens a new one. sqlx starts a connection's
+    /// thread from the thread that connects, and a new thread inherits its creator's
+    /// scheduling class, so this moves SQLite's work to the inserting thread's class.
+    pub(super) async fn reconnect(&self) {
+        drop(self.conn.lock().await.take());
     }
 
     /// Inserts `records` (`parsed[i]` is the body of `records[i]`) in one transaction,
@@ -114,47 +97,8 @@ impl Writes {
     }
 
     async fn connect(&self) -> Result<SqliteConnection, Error> {
-        if !self.idle.load(Ordering::Acquire) {
-            return Ok(SqliteConnection::connect_with(&self.options).await?);
-        }
-        // sqlx starts the connection's thread from the thread that connects, and a new thread
-        // inherits its creator's scheduling policy: connect from a short-lived thread that
-        // has put itself in SCHED_IDLE.
-        let options = self.options.clone();
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        std::thread::Builder::new()
-            .name("ward-audit-open".into())
-            .spawn(move || {
-                if !enter_idle() {
-                    // Still write the records, at the writer's priority.
-                    tracing::warn!("could not put the audit store's SQLite thread in SCHED_IDLE");
-                }
-                let result = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .map_err(Error::Start)
-                    .and_then(|rt| {
-                        rt.block_on(SqliteConnection::connect_with(&options))
-                            .map_err(Error::from)
-                    });
-                let _ = tx.send(result);
-            })
-            .map_err(Error::Start)?;
-        rx.await.map_err(|_| Error::Closed)?
+        Ok(SqliteConnection::connect_with(&self.options).await?)
     }
-}
-
-/// Puts the calling thread in `SCHED_IDLE` (allowed without privileges); false if it is not.
-fn enter_idle() -> bool {
-    use thread_priority::{
-        NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy,
-        set_thread_priority_and_policy, thread_native_id, thread_schedule_policy,
-    };
-    let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
-    // After the policy the crate also sets the nice value to 0, which a thread at nice 5 may
-    // not without privileges: what counts is the policy.
-    let _ = set_thread_priority_and_policy(thread_native_id(), ThreadPriority::Min, idle);
-    thread_schedule_policy().is_ok_and(|policy| policy == idle)
 }
 
 /// Inserts `records` in one transaction on `conn`.
