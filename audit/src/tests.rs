@@ -629,6 +629,7 @@ async fn records_piling_up_take_the_writer_out_of_sched_idle_until_they_are_writ
     let (store, auditor, _task) = sqlite_writer(&dir, |cfg| {
         cfg.batch_size = 8;
         cfg.catch_up_at = 64;
+        cfg.behind_for = Duration::ZERO;
         cfg.calm_for = Duration::from_millis(500);
     })
     .await;
@@ -666,6 +667,23 @@ async fn records_piling_up_take_the_writer_out_of_sched_idle_until_they_are_writ
     auditor.record(record(5_000)).unwrap();
     drain(&auditor).await;
     assert_exactly_once_in_order(&all(store.db().unwrap()).await, 5_001);
+}
+
+#[tokio::test]
+async fn a_burst_the_writer_drains_in_time_keeps_it_in_sched_idle() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, auditor, _task) = sqlite_writer(&dir, |cfg| {
+        cfg.batch_size = 8;
+        cfg.catch_up_at = 64;
+        cfg.behind_for = Duration::from_secs(30);
+    })
+    .await;
+    for i in 0..2_000 {
+        auditor.record(record(i)).unwrap();
+    }
+    drain(&auditor).await;
+    assert_eq!(auditor.metrics().catch_ups.load(Ordering::Relaxed), 0);
+    assert_exactly_once_in_order(&all(store.db().unwrap()).await, 2_000);
 }
 
 #[tokio::test]

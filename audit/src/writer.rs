@@ -49,8 +49,11 @@ pub struct Config {
     /// Run the writer and SQLite's inserting thread in `SCHED_IDLE` while they keep up, so that
     /// a commit never holds a request task off its core.
     pub idle: bool,
-    /// Records waiting after a commit that bring the writer back to its nice value.
+    /// Records waiting after a commit that count as falling behind…
     pub catch_up_at: usize,
+    /// …and for how long after every commit they must, before the writer moves back to its
+    /// nice value (a burst the writer drains in the gaps does not).
+    pub behind_for: Duration,
     /// How long fewer than a batch of records must wait before it goes back to `SCHED_IDLE`.
     pub calm_for: Duration,
 }
@@ -123,8 +126,9 @@ struct Writer {
     last_checkpoint: Instant,
     last_retry: Instant,
     class: Class,
-    // Since when fewer than a batch of records have been waiting (in `Class::Nice`).
-    calm_since: Option<Instant>,
+    // Since when at least `catch_up_at` records have been waiting (in `Class::Idle`), or
+    // fewer than a batch (in `Class::Nice`).
+    since: Option<Instant>,
 }
 
 // === impl Config ===
@@ -144,8 +148,9 @@ impl Config {
             strict: false,
             nice: WRITER_NICE,
             idle: true,
-            catch_up_at: 2 * 256,
-            calm_for: Duration::from_secs(30),
+            catch_up_at: 4 * 256,
+            behind_for: Duration::from_secs(1),
+            calm_for: Duration::from_secs(5),
         }
     }
 }
@@ -191,7 +196,7 @@ impl Auditor {
             last_checkpoint: Instant::now(),
             last_retry: Instant::now(),
             class: if cfg.idle { Class::Idle } else { Class::Nice },
-            calm_since: None,
+            since: None,
             cfg: cfg.clone(),
         };
         let task = run_on_own_thread(writer)?;
@@ -476,39 +481,38 @@ impl Writer {
     }
 
     /// Whether the writer should move to a thread of the other class, which it then is:
-    /// `SCHED_IDLE` while it keeps up, its nice value while records pile up (in `SCHED_IDLE` it
-    /// gets almost no time on a core that request handling keeps busy).
+    /// `SCHED_IDLE` while it keeps up, its nice value once records have piled up for
+    /// `behind_for` (in `SCHED_IDLE` it gets almost no time on a core that request handling
+    /// keeps busy; a burst it drains in the gaps is not that).
     fn class_due(&mut self) -> bool {
         if !self.cfg.idle {
             return false;
         }
         let waiting = self.pending.load(Ordering::Acquire);
-        match self.class {
-            Class::Idle if waiting >= self.cfg.catch_up_at => {
+        let (holds, lasting) = match self.class {
+            Class::Idle => (waiting >= self.cfg.catch_up_at, self.cfg.behind_for),
+            Class::Nice => (waiting < self.cfg.batch_size, self.cfg.calm_for),
+        };
+        if !holds {
+            self.since = None;
+            return false;
+        }
+        if self.since.get_or_insert_with(Instant::now).elapsed() < lasting {
+            return false;
+        }
+        self.since = None;
+        self.class = match self.class {
+            Class::Idle => {
                 tracing::info!(
                     waiting,
                     "audit records are piling up: the writer leaves SCHED_IDLE until they are written"
                 );
                 Metrics::add(&self.metrics.catch_ups, 1);
-                self.class = Class::Nice;
-                self.calm_since = None;
-                true
+                Class::Nice
             }
-            Class::Nice if waiting < self.cfg.batch_size => {
-                let calm = *self.calm_since.get_or_insert_with(Instant::now);
-                let due = calm.elapsed() >= self.cfg.calm_for;
-                if due {
-                    self.class = Class::Idle;
-                    self.calm_since = None;
-                }
-                due
-            }
-            Class::Nice => {
-                self.calm_since = None;
-                false
-            }
-            Class::Idle => false,
-        }
+            Class::Nice => Class::Idle,
+        };
+        true
     }
 
     /// Moves what is queued right now into the batch, up to `batch_size`. True when every
