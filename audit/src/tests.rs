@@ -590,6 +590,14 @@ fn threads_named(name: &str) -> Vec<(u32, i32)> {
     found
 }
 
+/// Batches of 8 and a writer that moves out of SCHED_IDLE only when 256 records wait (four
+/// times `catch_up_at`) or after 30 s behind.
+fn small_batches_slow_to_fall_behind(cfg: &mut Config) {
+    cfg.batch_size = 8;
+    cfg.catch_up_at = 64;
+    cfg.behind_for = Duration::from_secs(30);
+}
+
 const SCHED_OTHER: u32 = 0;
 const SCHED_IDLE: u32 = 5;
 
@@ -627,9 +635,7 @@ async fn the_writer_runs_on_its_own_lower_priority_thread() {
 async fn records_piling_up_take_the_writer_out_of_sched_idle_until_they_are_written() {
     let dir = tempfile::tempdir().unwrap();
     let (store, auditor, _task) = sqlite_writer(&dir, |cfg| {
-        cfg.batch_size = 8;
-        cfg.catch_up_at = 64;
-        cfg.behind_for = Duration::from_secs(30);
+        small_batches_slow_to_fall_behind(cfg);
         cfg.calm_for = Duration::from_millis(500);
     })
     .await;
@@ -672,12 +678,7 @@ async fn records_piling_up_take_the_writer_out_of_sched_idle_until_they_are_writ
 #[tokio::test]
 async fn a_burst_the_writer_drains_in_time_keeps_it_in_sched_idle() {
     let dir = tempfile::tempdir().unwrap();
-    let (store, auditor, _task) = sqlite_writer(&dir, |cfg| {
-        cfg.batch_size = 8;
-        cfg.catch_up_at = 64;
-        cfg.behind_for = Duration::from_secs(30);
-    })
-    .await;
+    let (store, auditor, _task) = sqlite_writer(&dir, small_batches_slow_to_fall_behind).await;
     // Fewer than four times `catch_up_at`, which would move it at once.
     for i in 0..250 {
         auditor.record(record(i)).unwrap();

@@ -98,6 +98,15 @@ enum Class {
     Nice,
 }
 
+impl Class {
+    fn thread_name(self) -> &'static str {
+        match self {
+            Self::Idle => "ward-audit-idle",
+            Self::Nice => "ward-audit-nice",
+        }
+    }
+}
+
 /// Why [`Writer::run`] returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Outcome {
@@ -322,33 +331,13 @@ fn run_on_own_thread(writer: Writer) -> Result<JoinHandle<()>, Error> {
         .name("ward-audit".into())
         .spawn(move || {
             set_nice(nice);
-            let mut state = (writer, stop_rx);
-            let mut runtime = Some(runtime);
+            let (mut writer, mut stop, mut runtime) = (writer, stop_rx, Some(runtime));
             loop {
-                let class = state.0.class;
+                let class = writer.class;
                 let rt = runtime.take();
-                let phase = move || {
-                    if class == Class::Idle && !enter_idle() {
-                        tracing::warn!("could not put the audit writer in SCHED_IDLE");
-                    }
-                    let (mut writer, mut stop) = state;
-                    let outcome = match rt.map_or_else(current_thread_runtime, Ok) {
-                        Ok(rt) => rt.block_on(writer.run(&mut stop)),
-                        Err(e) => {
-                            tracing::error!(error = %e, "starting the audit writer's runtime; retrying in 1 s");
-                            std::thread::sleep(Duration::from_secs(1));
-                            Outcome::Moved
-                        }
-                    };
-                    ((writer, stop), outcome)
-                };
-                let name = match class {
-                    Class::Idle => "ward-audit-idle",
-                    Class::Nice => "ward-audit-nice",
-                };
-                let Ok(((writer, stop), outcome)) = std::thread::Builder::new()
-                    .name(name.into())
-                    .spawn(phase)
+                let Ok((moved, moved_stop, outcome)) = std::thread::Builder::new()
+                    .name(class.thread_name().into())
+                    .spawn(move || run_phase(writer, stop, class, rt))
                     .map_err(|e| tracing::error!(error = %e, "starting an audit writer thread"))
                     .and_then(|thread| thread.join().map_err(|_| ()))
                 else {
@@ -359,7 +348,7 @@ fn run_on_own_thread(writer: Writer) -> Result<JoinHandle<()>, Error> {
                 if outcome == Outcome::Stopped {
                     break;
                 }
-                state = (writer, stop);
+                (writer, stop) = (moved, moved_stop);
             }
             let _ = done_tx.send(());
         })
@@ -368,6 +357,28 @@ fn run_on_own_thread(writer: Writer) -> Result<JoinHandle<()>, Error> {
         let _ = done_rx.await;
         drop(stop_tx);
     }))
+}
+
+/// Runs the writer on the calling thread, in `class`, until it stops or should move; `rt` is
+/// the runtime to use, if one was built already.
+fn run_phase(
+    mut writer: Writer,
+    mut stop: oneshot::Receiver<()>,
+    class: Class,
+    rt: Option<tokio::runtime::Runtime>,
+) -> (Writer, oneshot::Receiver<()>, Outcome) {
+    if class == Class::Idle && !enter_idle() {
+        tracing::warn!("could not put the audit writer in SCHED_IDLE");
+    }
+    let outcome = match rt.map_or_else(current_thread_runtime, Ok) {
+        Ok(rt) => rt.block_on(writer.run(&mut stop)),
+        Err(e) => {
+            tracing::error!(error = %e, "starting the audit writer's runtime; retrying in 1 s");
+            std::thread::sleep(Duration::from_secs(1));
+            Outcome::Moved
+        }
+    };
+    (writer, stop, outcome)
 }
 
 fn current_thread_runtime() -> std::io::Result<tokio::runtime::Runtime> {
@@ -389,7 +400,8 @@ fn enter_idle() -> bool {
     thread_schedule_policy().is_ok_and(|policy| policy == idle)
 }
 
-/// Sets the calling thread's nice value; threads it starts later (SQLite's) inherit it.
+/// Sets the calling thread's nice value; threads it starts later (the writer's, and theirs)
+/// inherit it.
 fn set_nice(nice: i32) {
     if nice == 0 {
         return;
