@@ -688,6 +688,40 @@ async fn a_burst_the_writer_drains_in_time_keeps_it_in_sched_idle() {
     assert_exactly_once_in_order(&all(store.db().unwrap()).await, 250);
 }
 
+#[test]
+fn the_writer_leaves_sched_idle_after_records_waited_behind_for_and_returns_after_calm_for() {
+    use crate::writer::{Class, ClassGate};
+    // The defaults: batches of 256, catch up at 1,024, behind for 1 s, calm for 5 s.
+    let cfg = Config::new("node-a", "unused".into());
+    let ms = Duration::from_millis;
+    let t0 = tokio::time::Instant::now();
+    let mut gate = ClassGate::new(Class::Idle);
+    // Behind, but a dip under `catch_up_at` restarts the clock.
+    assert!(!gate.due(&cfg, 1_500, t0));
+    assert!(!gate.due(&cfg, 3_000, t0 + ms(900)));
+    assert!(!gate.due(&cfg, 1_000, t0 + ms(950)));
+    assert!(!gate.due(&cfg, 1_024, t0 + ms(1_200)));
+    assert!(!gate.due(&cfg, 2_000, t0 + ms(2_199)));
+    assert_eq!(gate.class, Class::Idle);
+    // A full `behind_for` without a dip moves it.
+    assert!(gate.due(&cfg, 2_000, t0 + ms(2_200)));
+    assert_eq!(gate.class, Class::Nice);
+    // Back once fewer than a batch have waited for `calm_for`; a batch's worth waiting
+    // restarts that clock too.
+    assert!(!gate.due(&cfg, 10, t0 + ms(3_000)));
+    assert!(!gate.due(&cfg, 256, t0 + ms(7_000)));
+    assert!(!gate.due(&cfg, 0, t0 + ms(8_000)));
+    assert!(!gate.due(&cfg, 255, t0 + ms(12_999)));
+    assert!(gate.due(&cfg, 0, t0 + ms(13_000)));
+    assert_eq!(gate.class, Class::Idle);
+    // Four times `catch_up_at` moves it at once, however short the wait.
+    assert!(!gate.due(&cfg, 4_095, t0 + ms(13_001)));
+    assert!(gate.due(&cfg, 4_096, t0 + ms(13_002)));
+    assert_eq!(gate.class, Class::Nice);
+    // Flooding means nothing in `Class::Nice`: it stays until calm.
+    assert!(!gate.due(&cfg, 100_000, t0 + ms(30_000)));
+}
+
 #[tokio::test]
 async fn a_full_queue_overflows_to_disk_without_losing_records() {
     let dir = tempfile::tempdir().unwrap();

@@ -90,7 +90,7 @@ impl Drop for LastHandle {
 
 /// The scheduling of the thread the writer runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Class {
+pub(crate) enum Class {
     /// `SCHED_IDLE`: it runs only when nothing else on its core is runnable, and a request
     /// task waking up takes the core from it at once.
     Idle,
@@ -135,10 +135,54 @@ struct Writer {
     since_checkpoint: u64,
     last_checkpoint: Instant,
     last_retry: Instant,
-    class: Class,
+    gate: ClassGate,
+}
+
+/// The writer's scheduling class and when it should change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ClassGate {
+    pub(crate) class: Class,
     // Since when at least `catch_up_at` records have been waiting (in `Class::Idle`), or
     // fewer than a batch (in `Class::Nice`).
     since: Option<Instant>,
+}
+
+// === impl ClassGate ===
+
+impl ClassGate {
+    /// Starting in `class`, with no wait begun.
+    pub(crate) fn new(class: Class) -> Self {
+        Self { class, since: None }
+    }
+
+    /// Whether, with `waiting` records not yet written at `now`, the writer should move to a
+    /// thread of the other class, which it then is: `SCHED_IDLE` while it keeps up, its nice
+    /// value once records have piled up for `behind_for` (in `SCHED_IDLE` it gets almost no
+    /// time on a core that request handling keeps busy; a burst it drains in the gaps is not
+    /// that), and back after fewer than a batch have waited for `calm_for`.
+    pub(crate) fn due(&mut self, cfg: &Config, waiting: usize, now: Instant) -> bool {
+        let (holds, lasting) = match self.class {
+            Class::Idle => (waiting >= cfg.catch_up_at, cfg.behind_for),
+            Class::Nice => (waiting < cfg.batch_size, cfg.calm_for),
+        };
+        if !holds {
+            self.since = None;
+            return false;
+        }
+        // Four times `catch_up_at` moves it at once: records wait in memory, and a proxy's
+        // RSS under load is a goal too (a second of them at saturation was 15 MB).
+        let flooded = self.class == Class::Idle && waiting >= 4 * cfg.catch_up_at;
+        let since = *self.since.get_or_insert(now);
+        if now.saturating_duration_since(since) < lasting && !flooded {
+            return false;
+        }
+        self.since = None;
+        self.class = match self.class {
+            Class::Idle => Class::Nice,
+            Class::Nice => Class::Idle,
+        };
+        true
+    }
 }
 
 // === impl Config ===
@@ -205,8 +249,7 @@ impl Auditor {
             since_checkpoint: 0,
             last_checkpoint: Instant::now(),
             last_retry: Instant::now(),
-            class: if cfg.idle { Class::Idle } else { Class::Nice },
-            since: None,
+            gate: ClassGate::new(if cfg.idle { Class::Idle } else { Class::Nice }),
             cfg: cfg.clone(),
         };
         let task = run_on_own_thread(writer)?;
@@ -333,7 +376,7 @@ fn run_on_own_thread(writer: Writer) -> Result<JoinHandle<()>, Error> {
             set_nice(nice);
             let (mut writer, mut stop, mut runtime) = (writer, stop_rx, Some(runtime));
             loop {
-                let class = writer.class;
+                let class = writer.gate.class;
                 let rt = runtime.take();
                 let Ok((moved, moved_stop, outcome)) = std::thread::Builder::new()
                     .name(class.thread_name().into())
@@ -493,41 +536,22 @@ impl Writer {
         }
     }
 
-    /// Whether the writer should move to a thread of the other class, which it then is:
-    /// `SCHED_IDLE` while it keeps up, its nice value once records have piled up for
-    /// `behind_for` (in `SCHED_IDLE` it gets almost no time on a core that request handling
-    /// keeps busy; a burst it drains in the gaps is not that).
+    /// Whether the writer should move to a thread of the other class, which it then is.
     fn class_due(&mut self) -> bool {
         if !self.cfg.idle {
             return false;
         }
         let waiting = self.pending.load(Ordering::Acquire);
-        let (holds, lasting) = match self.class {
-            Class::Idle => (waiting >= self.cfg.catch_up_at, self.cfg.behind_for),
-            Class::Nice => (waiting < self.cfg.batch_size, self.cfg.calm_for),
-        };
-        if !holds {
-            self.since = None;
+        if !self.gate.due(&self.cfg, waiting, Instant::now()) {
             return false;
         }
-        // Four times `catch_up_at` moves it at once: records wait in memory, and a proxy's
-        // RSS under load is a goal too (a second of them at saturation was 15 MB).
-        let flooded = self.class == Class::Idle && waiting >= 4 * self.cfg.catch_up_at;
-        if self.since.get_or_insert_with(Instant::now).elapsed() < lasting && !flooded {
-            return false;
+        if self.gate.class == Class::Nice {
+            tracing::info!(
+                waiting,
+                "audit records are piling up: the writer leaves SCHED_IDLE until they are written"
+            );
+            Metrics::add(&self.metrics.catch_ups, 1);
         }
-        self.since = None;
-        self.class = match self.class {
-            Class::Idle => {
-                tracing::info!(
-                    waiting,
-                    "audit records are piling up: the writer leaves SCHED_IDLE until they are written"
-                );
-                Metrics::add(&self.metrics.catch_ups, 1);
-                Class::Nice
-            }
-            Class::Nice => Class::Idle,
-        };
         true
     }
 
