@@ -21,16 +21,13 @@ PROXY="${PROXY:-b}"
 OUT="$ROOT/target/bench/callgrind-$(date -u +%Y%m%dT%H%M%SZ)"
 
 die() { echo "bench/callgrind.sh: $*" >&2; exit 1; }
-for cmd in valgrind callgrind_control h2load nginx curl; do
-    command -v "$cmd" >/dev/null || die "$cmd is missing (bench/proxy.sh installs all but valgrind)"
-done
 [[ "$REQUESTS" =~ ^[1-9][0-9]*$ ]] || die "REQUESTS must be a positive whole number"
 [[ "$PATHS" == same || "$PATHS" == distinct ]] || die "PATHS must be same or distinct"
 [[ "$PROXY" == a || "$PROXY" == b ]] || die "PROXY must be a or b"
 [[ "$PATHS" == same ]] || ((REQUESTS % 10 == 0)) || die "PATHS=distinct needs REQUESTS in tens"
 # shellcheck source=bench/kept.sh
 source "$ROOT/bench/kept.sh"
-kept_check
+kept_check valgrind callgrind_control
 kept_start "$PROXY" valgrind --tool=callgrind --separate-threads=yes --instr-atstart=no \
     --callgrind-out-file="$OUT/callgrind.%p"
 

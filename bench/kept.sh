@@ -1,10 +1,17 @@
-# Sourced by bench/callgrind.sh and bench/threads.sh: runs nginx and the `ward` setup's two
-# proxies from a work directory `bench/proxy.sh --keep` left behind. Set WORK, WARD and OUT and
-# define die() first.
+# Sourced by bench/callgrind.sh, bench/threads.sh, bench/perf.sh and bench/symbol-order.sh:
+# runs nginx and the `ward` setup's two proxies from a work directory `bench/proxy.sh --keep`
+# left behind. Set WORK, WARD and OUT and define die() first.
 
-# Checks the work directory and sets URL to proxy A's outbound listener.
+# Checks the tools the kept setup needs, and those the caller names; checks the work directory
+# and sets URL to proxy A's outbound listener.
 kept_check() {
-    local f
+    local f cmd
+    for cmd in h2load nginx curl; do
+        command -v "$cmd" >/dev/null || die "$cmd is missing (bench/proxy.sh installs it)"
+    done
+    for cmd in "$@"; do
+        command -v "$cmd" >/dev/null || die "$cmd is missing"
+    done
     [[ -x "$WARD" ]] || die "no ward binary at $WARD"
     for f in nginx/nginx.conf ward-a/proxy.yaml ward-b/proxy.yaml; do
         [[ -f "$WORK/$f" ]] || die "$WORK/$f is missing: run bench/proxy.sh --keep --configs ward first"

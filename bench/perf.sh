@@ -18,20 +18,17 @@ OUT="$ROOT/target/bench/perf-$(date -u +%Y%m%dT%H%M%SZ)"
 
 die() { echo "bench/perf.sh: $*" >&2; exit 1; }
 [[ "$SECONDS_" =~ ^[1-9][0-9]*$ ]] || die "SECONDS must be a positive whole number"
-for cmd in h2load nginx curl taskset; do
-    command -v "$cmd" >/dev/null || die "$cmd is missing (bench/proxy.sh installs it)"
-done
 if ! command -v perf >/dev/null; then
     [[ "$(id -u)" == 0 ]] || die "perf is missing: install Debian's linux-perf"
     apt-get install -y linux-perf >/dev/null || die "apt-get install linux-perf failed"
 fi
 # shellcheck source=bench/kept.sh
 source "$ROOT/bench/kept.sh"
-kept_check
+kept_check taskset
 # As in bench/proxy.sh: B and its helper threads on core 1, A on core 0.
 kept_start b taskset -c 1
 taskset -cp 0 "$A" >/dev/null
-h2load --h1 -n 2000 -c 10 -H ':authority: checkout-api' "$URL" >"$OUT/h2load-warmup.txt" 2>&1
+kept_load 2000 warmup
 h2load --h1 -D $((SECONDS_ + 3)) -c 50 -H ':authority: checkout-api' "$URL" >"$OUT/h2load.txt" 2>&1 &
 load=$!
 sleep 1

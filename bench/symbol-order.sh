@@ -35,12 +35,9 @@ fi
 WORK="${1:?usage: bench/symbol-order.sh WORK_DIR [WARD_BINARY] | --check [WARD_BINARY]}"
 WARD="${2:-$ROOT/target/release/ward}"
 OUT="$ROOT/target/bench/symbol-order-$(date -u +%Y%m%dT%H%M%SZ)"
-for cmd in valgrind h2load nginx curl nm python3; do
-    command -v "$cmd" >/dev/null || die "$cmd is missing (bench/proxy.sh installs h2load and nginx)"
-done
 # shellcheck source=bench/kept.sh
 source "$ROOT/bench/kept.sh"
-kept_check
+kept_check valgrind nm python3
 
 # Each proxy in turn under callgrind for its whole life: start-up, the request kept_start sends,
 # 2,000 more, and SIGTERM. Names stay mangled, as the linker knows them.

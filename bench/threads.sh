@@ -16,16 +16,13 @@ SECONDS_="${4:-10}"
 OUT="$ROOT/target/bench/threads-$(date -u +%Y%m%dT%H%M%SZ)"
 
 die() { echo "bench/threads.sh: $*" >&2; exit 1; }
-for cmd in h2load nginx curl; do
-    command -v "$cmd" >/dev/null || die "$cmd is missing (bench/proxy.sh installs it)"
-done
 [[ "$RATE" == max || "$RATE" =~ ^[1-9][0-9]*0$ ]] || die "RATE must be max or a multiple of 10"
 [[ "$SECONDS_" =~ ^[1-9][0-9]*$ ]] || die "SECONDS must be a positive whole number"
 # shellcheck source=bench/kept.sh
 source "$ROOT/bench/kept.sh"
 kept_check
 kept_start b
-h2load --h1 -n 2000 -c 10 -H ':authority: checkout-api' "$URL" >"$OUT/h2load-warmup.txt" 2>&1
+kept_load 2000 warmup
 
 # One line per thread: tid, name, utime and stime in clock ticks (fields 14 and 15 of stat;
 # thread names have no spaces or parentheses here, so the fields are where they seem).
