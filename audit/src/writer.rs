@@ -139,7 +139,7 @@ struct Writer {
 }
 
 /// The writer's scheduling class and when it should change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub(crate) struct ClassGate {
     pub(crate) class: Class,
     // Since when at least `catch_up_at` records have been waiting (in `Class::Idle`), or
