@@ -21,7 +21,7 @@ RATES="1000 5000"
 SAT_THREADS=2
 SAT_CONNS=64
 FORMAT=table
-ALL_CONFIGS="direct haproxy envoy ward ward-no-audit ward-accesslog ward-jsonl-audit envoy-to-ward ward-to-envoy"
+ALL_CONFIGS="direct haproxy envoy ward ward-no-audit ward-accesslog ward-jsonl-audit envoy-to-ward ward-to-envoy floor floor-plain"
 CONFIGS="$ALL_CONFIGS"
 BUILD=1
 PROFILE=release
@@ -209,6 +209,13 @@ build_ward() {
         (cd "$ROOT" && cargo build --profile "$PROFILE" --quiet --bin ward)
     fi
     [[ -x "$WARD" ]] || die "$WARD does not exist (build it or drop --no-build)"
+    case " $CONFIGS " in *" floor "* | *" floor-plain "*) ;; *) return 0 ;; esac
+    FLOOR="${CARGO_TARGET_DIR:-$ROOT/target}/$PROFILE/examples/floor"
+    if ((BUILD)); then
+        log "cargo build --profile $PROFILE --example floor"
+        (cd "$ROOT" && cargo build --profile "$PROFILE" --quiet --example floor)
+    fi
+    [[ -x "$FLOOR" ]] || die "$FLOOR does not exist (build it or drop --no-build)"
 }
 
 # --- the fixed parts: upstream, CA, identities, policies -----------------------------------
@@ -395,6 +402,19 @@ EOF
     PIDS_BY_NAME+=("$name=$STARTED_PID")
 }
 
+# floor_proxy NAME CPU plain|tls: examples/floor.rs in front of nginx, one worker thread; `tls`
+# serves mTLS with B's SVID as `ward proxy`'s inbound does. Sets PORT_IN.
+floor_proxy() {
+    local name="$1" cpu="$2" mode="$3" tls=()
+    PORT_IN="$(free_ports 1)"
+    [[ "$mode" == tls ]] &&
+        tls=(--cert "$WORK/id-b/svid.pem" --key "$WORK/id-b/svid.key" --bundle "$WORK/id-b/bundle.pem")
+    start "$name" "$cpu" env TOKIO_WORKER_THREADS=1 "$FLOOR" --listen "127.0.0.1:$PORT_IN" \
+        --app "127.0.0.1:$UP_PORT" "${tls[@]}"
+    CONFIG_PIDS+=("$STARTED_PID")
+    PIDS_BY_NAME+=("$name=$STARTED_PID")
+}
+
 haproxy_proxy() {
     local port
     port="$(free_ports 1)"
@@ -448,6 +468,12 @@ start_config() {
             HOPS=2
             ward_proxy "$cfg-b" "$CPU_B" b "$sqlite" "$quiet"
             envoy_proxy "$cfg-a" "$CPU_A" a "$PORT_IN"
+            URL="http://127.0.0.1:$PORT_OUT/" ;;
+        floor-plain) HOPS=1; floor_proxy "$cfg" "$CPU_B" plain; URL="http://127.0.0.1:$PORT_IN/" ;;
+        floor)
+            HOPS=2
+            floor_proxy "$cfg-b" "$CPU_B" tls
+            ward_proxy "$cfg-a" "$CPU_A" a "sqlite://$WORK/$cfg-a/audit.db" "$quiet" "$PORT_IN"
             URL="http://127.0.0.1:$PORT_OUT/" ;;
         ward-to-envoy)
             HOPS=2

@@ -281,12 +281,17 @@ def render(setups, meta, goal_rows):
             for point in s["points"]:
                 c = s["points"][point]["cpu"].get(proc)
                 cells.append(fmt(c["pct_core_per_1k_rps"]) if c else "–")
+            sat = s["points"].get("saturation")
+            c = sat["cpu"].get(proc) if sat else None
+            # requests/s this process would carry on one fully busy core
+            cells.append(fmt(round(sat["rps"] / c["cores"])) if c and c["cores"] else "–")
             cells += [fmt(round(s["rss_idle_kb"][proc] / 1024, 1)), fmt(round(s["rss_peak_kb"].get(proc, 0) / 1024, 1))]
             rows.append(cells)
     points = list(next(iter(setups.values()))["points"])
-    out.append("Per proxy process: CPU as % of one core per 1,000 rps at each point; RSS in MiB "
-               "(idle = after start, peak = VmHWM at the end)")
-    out.append(table(rows, ["setup", "process"] + [f"CPU %/1k rps @ {p}" for p in points] + ["RSS idle", "RSS peak"]))
+    out.append("Per proxy process: CPU as % of one core per 1,000 rps at each point; rps per busy core of "
+               "this process at saturation; RSS in MiB (idle = after start, peak = VmHWM at the end)")
+    out.append(table(rows, ["setup", "process"] + [f"CPU %/1k rps @ {p}" for p in points]
+                     + ["rps/core @ saturation", "RSS idle", "RSS peak"]))
     out.append("")
     if goal_rows:
         rows = []

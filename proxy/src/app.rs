@@ -25,11 +25,13 @@ const MAX_IDLE: usize = 128;
 
 /// Why a request did not reach the app.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum AppError {
+pub enum AppError {
     /// The TCP connection could not be made.
     #[error("connecting to the app at {addr}: {source}")]
     Connect {
+        /// The app's address.
         addr: SocketAddr,
+        /// Why connecting failed.
         source: std::io::Error,
     },
     /// HTTP/1.1 failed on the connection.
@@ -39,14 +41,14 @@ pub(crate) enum AppError {
 
 /// Connections to the app at one address, sending request bodies of type `B`.
 #[derive(Debug)]
-pub(crate) struct AppClient<B> {
+pub struct AppClient<B> {
     addr: SocketAddr,
     host: HeaderValue,
     idle: Mutex<Vec<SendRequest<B>>>,
 }
 
 /// The app's response body; gives its connection back when it has ended.
-pub(crate) struct AppBody<B> {
+pub struct AppBody<B> {
     inner: Incoming,
     // Taken when the connection goes back (or is dropped with an unfinished body).
     conn: Option<(Arc<AppClient<B>>, SendRequest<B>)>,
@@ -61,7 +63,7 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     /// A client for the app at `addr`, connecting on first use.
-    pub(crate) fn new(addr: SocketAddr) -> Arc<Self> {
+    pub fn new(addr: SocketAddr) -> Arc<Self> {
         let host = HeaderValue::from_str(&addr.to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("localhost"));
         Arc::new(Self {
@@ -74,7 +76,7 @@ where
     /// Sends `req` (its URI origin-form, `/path?query`) on an idle connection or a new one.
     /// A request that an idle connection could not take because the app had closed it is
     /// sent again on another: it never left this process.
-    pub(crate) async fn request(
+    pub async fn request(
         self: &Arc<Self>,
         mut req: Request<B>,
     ) -> Result<Response<AppBody<B>>, AppError> {
@@ -155,7 +157,7 @@ impl<B> AppClient<B> {
 }
 
 /// The request's URI in origin form (`/path?query`), as HTTP/1.1 sends it to the app.
-pub(crate) fn origin_form(path: &str, query: Option<&str>) -> Result<Uri, http::Error> {
+pub fn origin_form(path: &str, query: Option<&str>) -> Result<Uri, http::Error> {
     let target = match query {
         Some(q) => {
             let mut target = String::with_capacity(path.len() + q.len() + 1);

@@ -25,7 +25,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
-mod app;
+pub mod app;
 pub mod config;
 pub mod ctx;
 mod headers;
