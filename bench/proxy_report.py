@@ -54,10 +54,13 @@ def cpu_of(rounds, rps):
     cpu = {}
     for proc, t in ticks.items():
         busy = t / CLK_TCK / seconds  # cores
+        cores = round(busy, 3)
         cpu[proc] = {
-            "cores": round(busy, 3),
+            "cores": cores,
             # % of one core per 1,000 requests/s (= µs of CPU per request / 10)
             "pct_core_per_1k_rps": round(busy * 100 / (rps / 1000), 2) if rps else None,
+            # requests/s this process would carry on one fully busy core
+            "rps_per_core": round(rps / cores) if cores else None,
         }
     return cpu
 
@@ -134,9 +137,9 @@ def derive(setups):
         sat = s["points"].get("saturation")
         for p in [sat] + (sat.get("rounds", []) if sat else []):
             if p and p["cpu"]:
-                busiest = max(v["cores"] for v in p["cpu"].values())
-                # requests/s one fully busy core of the busiest proxy would carry
-                p["rps_per_busiest_core"] = round(p["rps"] / busiest) if busiest else None
+                # the busiest proxy's: the fewest requests per busy core
+                per_core = [v["rps_per_core"] for v in p["cpu"].values() if v["rps_per_core"]]
+                p["rps_per_busiest_core"] = min(per_core) if per_core else None
 
 
 def per_round(a, b, key):
@@ -281,10 +284,8 @@ def render(setups, meta, goal_rows):
             for point in s["points"]:
                 c = s["points"][point]["cpu"].get(proc)
                 cells.append(fmt(c["pct_core_per_1k_rps"]) if c else "–")
-            sat = s["points"].get("saturation")
-            c = sat["cpu"].get(proc) if sat else None
-            # requests/s this process would carry on one fully busy core
-            cells.append(fmt(round(sat["rps"] / c["cores"])) if c and c["cores"] else "–")
+            sat = s["points"].get("saturation", {"cpu": {}})["cpu"].get(proc)
+            cells.append(fmt(sat["rps_per_core"]) if sat else "–")
             cells += [fmt(round(s["rss_idle_kb"][proc] / 1024, 1)), fmt(round(s["rss_peak_kb"].get(proc, 0) / 1024, 1))]
             rows.append(cells)
     points = list(next(iter(setups.values()))["points"])
