@@ -209,6 +209,10 @@ build_ward() {
         (cd "$ROOT" && cargo build --profile "$PROFILE" --quiet --bin ward)
     fi
     [[ -x "$WARD" ]] || die "$WARD does not exist (build it or drop --no-build)"
+}
+
+# The floor (examples/floor.rs), only when a setup runs it.
+build_floor() {
     case " $CONFIGS " in *" floor "* | *" floor-plain "*) ;; *) return 0 ;; esac
     FLOOR="${CARGO_TARGET_DIR:-$ROOT/target}/$PROFILE/examples/floor"
     if ((BUILD)); then
@@ -597,6 +601,7 @@ PY
 
 install_peers
 build_ward
+build_floor
 # A compile running next to the benchmark would take the cores: wait for it (10 minutes at most).
 if ((WAIT_COMPILES)); then
     for _ in $(seq 60); do
